@@ -1,0 +1,5 @@
+import sys
+
+from reviosa.cli import main
+
+sys.exit(main())

@@ -1,0 +1,43 @@
+"""``python -m reviosa COMMAND``: predict, synth, evaluate.
+
+Each command lives in its own module exposing ``add_arguments(parser)`` and ``run(args) -> int``.
+Those modules import nothing heavy at top level, so ``--help`` stays instant; the work imports
+torch and friends inside ``run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+COMMANDS = {
+    "predict": "Segment actor and target in a video (or every expression of a dataset).",
+    "synth": "Generate a split of the synthetic interaction world in the InterRVOS layout.",
+    "evaluate": "Score a results JSON against a dataset (J, F, J&F for Actor, Target, RVOS).",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m reviosa", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in COMMANDS.items():
+        module = importlib.import_module(f"reviosa.cli.{name}")
+        module.add_arguments(sub.add_parser(name, help=help_text, description=help_text))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    module = importlib.import_module(f"reviosa.cli.{args.command}")
+    try:
+        return int(module.run(args) or 0)
+    except (ValueError, FileNotFoundError, OSError) as err:
+        # User-facing failures (bad video, bad path, bad checkpoint) end with one clear line, no trace.
+        print(f"error: {err}", file=sys.stderr)
+        return 2
