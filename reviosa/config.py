@@ -1,0 +1,273 @@
+"""Typed configuration of a ReVIOSa model: one dataclass per sub-module, nested in `ReviosaConfig`.
+
+The config is saved as ``config.json`` beside the weights. Presets (``tiny``, ``1b``, ``4b``) are
+small overrides of the dataclass defaults, never copies. Geometry of the real presets: FACTS.md
+("ReVIOSa architecture"), InternVL2.5-1B / -4B and SAM2 Hiera-L.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+CONFIG_NAME = "config.json"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class VisionConfig:
+    """InternViT vision tower (defaults: InternViT-300M-448px)."""
+
+    hidden_size: int = 1024
+    num_hidden_layers: int = 24
+    num_attention_heads: int = 16
+    intermediate_size: int = 4096
+    image_size: int = 448  # frames are resized to image_size x image_size for the MLLM
+    patch_size: int = 14
+    attention_bias: bool = True  # InternViT-300M has qkv biases
+    norm_type: Literal["layer_norm", "rms_norm"] = "layer_norm"
+    use_qk_norm: bool = False
+    layer_norm_eps: float = 1e-6
+    layer_scale_init_value: float = 0.1
+
+
+@dataclass
+class TextConfig:
+    """Qwen2 language model (defaults: Qwen2.5-0.5B-Instruct as used in InternVL2.5-1B)."""
+
+    hidden_size: int = 896
+    num_hidden_layers: int = 24
+    num_attention_heads: int = 14
+    num_key_value_heads: int = 2
+    intermediate_size: int = 4864
+    # InternVL2.5 checkpoints carry 151674 embedding rows (the Qwen tokenizer plus InternVL's tokens);
+    # the two role tokens are appended on top when a base checkpoint is converted.
+    vocab_size: int = 151674
+    rope_theta: float = 1_000_000.0
+    max_position_embeddings: int = 32768
+    rms_norm_eps: float = 1e-6
+    tie_word_embeddings: bool = False
+
+
+@dataclass
+class SamConfig:
+    """SAM2 built from the sam2 package's hydra configs (defaults: Hiera-L at 1024 px, as in the paper)."""
+
+    config_name: str = "configs/sam2/sam2_hiera_l.yaml"
+    image_size: int = 1024
+    # Extra hydra overrides (e.g. a narrower trunk for tiny models); applied after image_size.
+    overrides: list[str] = field(default_factory=list)
+    # ImageNet statistics, as SAM2 was trained with.
+    pixel_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    pixel_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class ProcessorConfig:
+    """Prompt building and frame selection."""
+
+    # Keyframes the MLLM sees and whose SAM2 decoding the prompt conditions (the reference uses 5).
+    num_keyframes: int = 5
+    # "uniform" spreads keyframes over the clip (users asked for it); "first" takes frames 0..K-1
+    # as the reference does. Frame 0 is always a keyframe so that propagation only runs forward.
+    keyframe_strategy: Literal["uniform", "first"] = "uniform"
+    system_prompt: str = ""
+    instruction: str = "Please segment {expression}."
+    max_new_tokens: int = 24
+    # Longest expression accepted, in characters; longer input is rejected with a clear error.
+    max_expression_chars: int = 500
+    # ImageNet statistics: InternViT normalises with them.
+    pixel_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    pixel_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class AttentionSupervision:
+    """Layer and heads whose [SEG_*] attention rows the attention mask loss supervises (0-based)."""
+
+    layer: int = 22
+    heads: tuple[int, ...] = (5, 7, 10, 11)
+
+
+@dataclass
+class ReviosaConfig:
+    """The whole model: MLLM (vision + projector + text), prompt MLP, SAM2, processor."""
+
+    name: str = "reviosa-1b"
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    sam: SamConfig = field(default_factory=SamConfig)
+    processor: ProcessorConfig = field(default_factory=ProcessorConfig)
+    # Selected by the layer-head protocol; None until selection has been run for this model.
+    attention_supervision: AttentionSupervision | None = field(default_factory=AttentionSupervision)
+    downsample_ratio: float = 0.5  # pixel shuffle 0.5: 32x32 patches -> 16x16 vision tokens per frame
+    projector_hidden_act: str = "gelu"
+    # Width of SAM2's prompt space; must equal the mask decoder's transformer dim (256 for SAM2).
+    prompt_dim: int = 256
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def grid(self) -> int:
+        """Side g of the vision-token grid per frame (16 for 448 px, patch 14, ratio 0.5)."""
+        patches = self.vision.image_size // self.vision.patch_size
+        return int(patches * self.downsample_ratio)
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return self.grid * self.grid
+
+    def validate(self) -> None:
+        """Raise ValueError on geometry that cannot build."""
+        v = self.vision
+        if v.image_size % v.patch_size:
+            raise ValueError(f"vision.image_size {v.image_size} is not a multiple of patch {v.patch_size}")
+        patches = v.image_size // v.patch_size
+        if patches * self.downsample_ratio != self.grid or self.grid < 1:
+            raise ValueError(f"{patches} patches per side do not pixel-shuffle by {self.downsample_ratio}")
+        if self.sam.image_size % 32:
+            raise ValueError(f"sam.image_size {self.sam.image_size} must be a multiple of 32")
+        if self.processor.num_keyframes < 1:
+            raise ValueError("processor.num_keyframes must be at least 1")
+        sup = self.attention_supervision
+        if sup is not None:
+            if not 0 <= sup.layer < self.text.num_hidden_layers:
+                raise ValueError(f"supervised layer {sup.layer} outside 0..{self.text.num_hidden_layers - 1}")
+            bad = [h for h in sup.heads if not 0 <= h < self.text.num_attention_heads]
+            if bad:
+                raise ValueError(f"supervised heads {bad} outside 0..{self.text.num_attention_heads - 1}")
+
+    # --- serialisation -------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ReviosaConfig:
+        """Build from a dict; unknown fields are an error (a typo must not be silently ignored)."""
+        return _from_dict(cls, data, path="config")
+
+    def save(self, directory: str | Path) -> Path:
+        path = Path(directory) / CONFIG_NAME
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path) -> ReviosaConfig:
+        path = Path(directory) / CONFIG_NAME
+        if not path.is_file():
+            raise FileNotFoundError(f"no {CONFIG_NAME} in {directory}: not a ReVIOSa model folder")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not valid JSON: {err}") from err
+        return cls.from_dict(data)
+
+
+def _from_dict(cls: type, data: Any, path: str) -> Any:
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected an object, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(f"{path}: unknown field(s) {unknown}")
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _convert(_NESTED.get((cls.__name__, name)), value, f"{path}.{name}")
+    return cls(**kwargs)
+
+
+def _convert(nested: type | None, value: Any, path: str) -> Any:
+    if nested is not None and value is not None:
+        return _from_dict(nested, value, path)
+    # JSON has no tuples; the dataclasses use tuples for fixed-size or immutable sequences.
+    if isinstance(value, list) and not path.endswith(".overrides"):
+        return tuple(value)
+    return value
+
+
+_NESTED: dict[tuple[str, str], type] = {
+    ("ReviosaConfig", "vision"): VisionConfig,
+    ("ReviosaConfig", "text"): TextConfig,
+    ("ReviosaConfig", "sam"): SamConfig,
+    ("ReviosaConfig", "processor"): ProcessorConfig,
+    ("ReviosaConfig", "attention_supervision"): AttentionSupervision,
+}
+
+
+# --- presets ---------------------------------------------------------------------------------------
+
+# A SAM2 small enough to train on two CPU cores (FACTS.md, feasibility run): Hiera with one
+# 32-wide stage per level, one memory-attention layer, narrow feed-forwards.
+MICRO_SAM_OVERRIDES = [
+    "++model.image_encoder.trunk.embed_dim=32",
+    "++model.image_encoder.trunk.num_heads=1",
+    "++model.image_encoder.trunk.stages=[1,1,2,1]",
+    "++model.image_encoder.trunk.global_att_blocks=[3]",
+    "++model.image_encoder.trunk.window_spec=[8,4,4,4]",
+    "++model.image_encoder.neck.backbone_channel_list=[256,128,64,32]",
+    "++model.memory_attention.num_layers=1",
+    "++model.memory_attention.layer.dim_feedforward=256",
+    "++model.memory_encoder.fuser.num_layers=1",
+]
+
+
+def _micro_sam(image_size: int) -> SamConfig:
+    feat = image_size // 16
+    return SamConfig(
+        config_name="configs/sam2.1/sam2.1_hiera_t.yaml",
+        image_size=image_size,
+        overrides=[
+            *MICRO_SAM_OVERRIDES,
+            # RoPE tables of memory attention are sized for the stride-16 feature map.
+            f"++model.memory_attention.layer.self_attention.feat_sizes=[{feat},{feat}]",
+            f"++model.memory_attention.layer.cross_attention.feat_sizes=[{feat},{feat}]",
+        ],
+    )
+
+
+def tiny_config() -> ReviosaConfig:
+    """Random-weight model that builds and runs in well under a second on CPU (tests)."""
+    return ReviosaConfig(
+        name="reviosa-tiny",
+        vision=VisionConfig(
+            hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+            image_size=32, patch_size=4,
+        ),
+        text=TextConfig(
+            hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            intermediate_size=128, vocab_size=512, max_position_embeddings=4096, rope_theta=10000.0,
+        ),
+        sam=_micro_sam(64),
+        processor=ProcessorConfig(num_keyframes=2, max_new_tokens=16),
+        attention_supervision=AttentionSupervision(layer=1, heads=(0, 1)),
+    )  # fmt: skip
+
+
+def internvl_1b_config() -> ReviosaConfig:
+    """InternVL2.5-1B (InternViT-300M + Qwen2.5-0.5B) + SAM2 Hiera-L: the paper's ReVIOSa-1B."""
+    return ReviosaConfig(name="reviosa-1b")
+
+
+def internvl_4b_config() -> ReviosaConfig:
+    """InternVL2.5-4B (InternViT-300M + Qwen2.5-3B) + SAM2 Hiera-L: the paper's ReVIOSa-4B."""
+    return ReviosaConfig(
+        name="reviosa-4b",
+        text=TextConfig(
+            hidden_size=2048, num_hidden_layers=36, num_attention_heads=16, num_key_value_heads=2,
+            intermediate_size=11008,
+        ),
+        attention_supervision=AttentionSupervision(layer=33, heads=(13, 12, 14, 6)),
+    )  # fmt: skip
+
+
+PRESETS = {"tiny": tiny_config, "1b": internvl_1b_config, "4b": internvl_4b_config}
+
+
+def preset(name: str) -> ReviosaConfig:
+    try:
+        return PRESETS[name]()
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None

@@ -1,0 +1,207 @@
+"""SAM2 (Meta's ``sam2`` package) prompted with one embedding from the MLLM.
+
+The projected ``[SEG_*]`` state is appended to SAM2's sparse prompt tokens (FACTS.md: "appended as
+one extra sparse prompt token"). Keyframes are decoded with that prompt and become SAM2's
+conditioning frames; every other frame is tracked from memory, streaming, so that only the memory
+bank SAM2 reads stays on the device.
+
+The sam2 package's predictors run under ``torch.inference_mode`` and read whole videos; we drive
+``SAM2Base`` through its per-frame API instead (pinned sam2 1.1.0, see requirements).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from reviosa.config import SamConfig
+
+
+def build_sam(cfg: SamConfig, device: torch.device | str = "cpu") -> nn.Module:
+    """Build a randomly initialised ``SAM2Base`` from the package's hydra config.
+
+    Weights are loaded afterwards by the model's strict loader. Building under
+    ``torch.device("meta")`` allocates nothing (used to count parameters of real presets).
+    """
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    overrides = [f"++model.image_size={cfg.image_size}", *cfg.overrides]
+    # sam2's __init__ initialises hydra globally; re-initialise only when someone cleared it.
+    if not GlobalHydra.instance().is_initialized():
+        initialize_config_module("sam2", version_base="1.2")
+    conf = compose(config_name=cfg.config_name, overrides=overrides)
+    OmegaConf.resolve(conf)
+    with torch.device(device):
+        model = instantiate(conf.model, _recursive_=True)
+    return model.eval()
+
+
+@contextlib.contextmanager
+def language_prompt(sam: nn.Module, embedding: torch.Tensor) -> Iterator[None]:
+    """Append ``embedding`` (B, 1, C) to every sparse prompt SAM2's prompt encoder returns.
+
+    A forward hook rather than a subclass keeps the module tree, and so the checkpoint keys, those
+    of the sam2 package.
+    """
+
+    def hook(_module, _inputs, outputs):
+        sparse, dense = outputs
+        extra = embedding.to(dtype=sparse.dtype)
+        if extra.shape[0] != sparse.shape[0]:
+            raise ValueError(f"prompt batch {extra.shape[0]} != image batch {sparse.shape[0]}")
+        return torch.cat([sparse, extra], dim=1), dense
+
+    handle = sam.sam_prompt_encoder.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def preprocess(frames: torch.Tensor, cfg: SamConfig) -> torch.Tensor:
+    """uint8 (T, H, W, 3) -> float (T, 3, S, S) normalised for SAM2 (S = cfg.image_size)."""
+    x = frames.permute(0, 3, 1, 2).float().div_(255.0)
+    x = F.interpolate(x, size=(cfg.image_size, cfg.image_size), mode="bilinear", align_corners=False)
+    mean = torch.tensor(cfg.pixel_mean, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(cfg.pixel_std, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+@dataclass
+class FrameFeatures:
+    """SAM2 backbone features of one batch of frames, flattened as SAM2Base expects."""
+
+    vision_feats: list[torch.Tensor]  # per level (h*w, B, C)
+    vision_pos: list[torch.Tensor]  # per level (h*w, B, C)
+    feat_sizes: list[tuple[int, int]]
+
+    def high_res(self) -> list[torch.Tensor] | None:
+        """The finer levels as (B, C, h, w) maps for the mask decoder, or None if unused."""
+        if len(self.vision_feats) == 1:
+            return None
+        return [
+            x.permute(1, 2, 0).reshape(x.shape[1], x.shape[2], *s)
+            for x, s in zip(self.vision_feats[:-1], self.feat_sizes[:-1], strict=True)
+        ]
+
+
+def encode_images(sam: nn.Module, images: torch.Tensor) -> FrameFeatures:
+    """Run the SAM2 image encoder on preprocessed images (B, 3, S, S)."""
+    backbone_out = sam.forward_image(images)
+    _, feats, pos, sizes = sam._prepare_backbone_features(backbone_out)
+    return FrameFeatures(feats, pos, sizes)
+
+
+def decode_prompted(
+    sam: nn.Module,
+    features: FrameFeatures,
+    prompt: torch.Tensor,
+    output_dict: dict | None = None,
+    frame_idx: int = 0,
+    num_frames: int = 1,
+) -> dict[str, torch.Tensor]:
+    """Decode frames as SAM2 conditioning frames prompted only by ``prompt`` (B, 1, C).
+
+    Training and inference share this function, so the decoder is used the same way in both:
+    single-mask output (the prompt is not ambiguous, unlike a single click) and the "no memory"
+    embedding SAM2 adds to initial conditioning frames.
+
+    Returns SAM2's per-frame output dict: ``pred_masks`` (B, 1, S/4, S/4) logits,
+    ``pred_masks_high_res`` (B, 1, S, S), ``obj_ptr`` (B, C), ``object_score_logits`` (B, 1), and
+    ``raw_masks`` (B, 1, S/4, S/4): the decoder's logits before SAM2 overwrites frames it scores as
+    object-free with a constant (-1024), which would cut the mask loss's gradient there.
+    """
+    output_dict = output_dict or {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
+    pix_feat = sam._prepare_memory_conditioned_features(
+        frame_idx=frame_idx,
+        is_init_cond_frame=True,
+        current_vision_feats=features.vision_feats[-1:],
+        current_vision_pos_embeds=features.vision_pos[-1:],
+        feat_sizes=features.feat_sizes[-1:],
+        output_dict=output_dict,
+        num_frames=num_frames,
+    )
+    raw: list[torch.Tensor] = []
+    hook = sam.sam_mask_decoder.register_forward_hook(lambda _m, _i, out: raw.append(out[0]))
+    try:
+        with language_prompt(sam, prompt):
+            _, _, ious, low_res, high_res, obj_ptr, obj_score = sam._forward_sam_heads(
+                backbone_features=pix_feat,
+                point_inputs=None,
+                mask_inputs=None,
+                high_res_features=features.high_res(),
+                multimask_output=False,
+            )
+    finally:
+        hook.remove()
+    return {
+        "point_inputs": None,
+        "mask_inputs": None,
+        "pred_masks": low_res,
+        "pred_masks_high_res": high_res,
+        "obj_ptr": obj_ptr,
+        "object_score_logits": obj_score,
+        "iou": ious[:, 0],
+        "raw_masks": raw[0].float(),
+    }
+
+
+class MemoryTracker:
+    """Streams frames through SAM2's memory, holding only the outputs SAM2 can still read.
+
+    Keyframe outputs (conditioning frames) are kept for the whole clip; of the tracked frames only
+    the last ``max(num_maskmem, max_obj_ptrs_in_encoder)`` are kept, since SAM2 reads no older ones.
+    Per-frame high-resolution logits are dropped from the bank as soon as the caller has them.
+    """
+
+    def __init__(self, sam: nn.Module, num_frames: int):
+        self.sam = sam
+        self.num_frames = num_frames
+        self.output_dict: dict[str, dict[int, dict]] = {
+            "cond_frame_outputs": {},
+            "non_cond_frame_outputs": {},
+        }
+        self.window = max(sam.num_maskmem, getattr(sam, "max_obj_ptrs_in_encoder", 16))
+
+    def condition(self, frame_idx: int, features: FrameFeatures, prompt: torch.Tensor) -> dict:
+        """Decode a keyframe from the prompt and store it as a conditioning frame."""
+        out = decode_prompted(self.sam, features, prompt, self.output_dict, frame_idx, self.num_frames)
+        self.sam._encode_memory_in_output(
+            features.vision_feats, features.feat_sizes, None, True,
+            out["pred_masks_high_res"], out["object_score_logits"], out,
+        )  # fmt: skip
+        self.output_dict["cond_frame_outputs"][frame_idx] = self._compact(out)
+        return out
+
+    def track(self, frame_idx: int, features: FrameFeatures) -> dict:
+        """Segment a non-keyframe from memory (keyframes conditioned so far and recent frames)."""
+        out = self.sam.track_step(
+            frame_idx=frame_idx,
+            is_init_cond_frame=False,
+            current_vision_feats=features.vision_feats,
+            current_vision_pos_embeds=features.vision_pos,
+            feat_sizes=features.feat_sizes,
+            point_inputs=None,
+            mask_inputs=None,
+            output_dict=self.output_dict,
+            num_frames=self.num_frames,
+        )
+        bank = self.output_dict["non_cond_frame_outputs"]
+        bank[frame_idx] = self._compact(out)
+        for old in [t for t in bank if t <= frame_idx - self.window]:
+            del bank[old]
+        return out
+
+    @staticmethod
+    def _compact(out: dict) -> dict:
+        # What _prepare_memory_conditioned_features reads; the high-res logits are the big item.
+        keep = ("maskmem_features", "maskmem_pos_enc", "obj_ptr", "pred_masks", "object_score_logits")
+        return {k: out[k] for k in keep if k in out}
