@@ -1,0 +1,213 @@
+"""Video and mask export: H.264 mp4 encoding, per-frame PNG masks in a zip, the RLE results JSON.
+
+Everything streams: frames and masks may come from generators and are encoded one at a time, so a long
+video is never held in memory (peer tools run out of memory exactly there).
+
+Axis letters: T frames, H/W pixels.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import zipfile
+from collections.abc import Iterable, Mapping, Sequence
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+from PIL import Image
+
+from reviosa.rle import encode_track
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "masks_to_png_zip",
+    "read_mp4",
+    "results_entry",
+    "to_fraction",
+    "write_mp4",
+    "write_results_json",
+]
+
+# x264 settings: CRF 20 is visually lossless for overlays at this size; "veryfast" keeps the encoder
+# from dominating the overlay + encode time on 2 CPU cores (see bench/bench_viz.py).
+DEFAULT_CRF = 20
+DEFAULT_PRESET = "veryfast"
+# 1001 covers the NTSC rates (24000/1001, 30000/1001, 60000/1001) exactly.
+_MAX_FPS_DENOMINATOR = 1001
+
+
+def to_fraction(fps: float | Fraction) -> Fraction:
+    """A frame rate as an exact Fraction: 30 -> 30/1, float(30000/1001) -> 30000/1001, 29.97 -> 2997/100."""
+    rate = Fraction(fps).limit_denominator(_MAX_FPS_DENOMINATOR)
+    if rate <= 0:
+        raise ValueError(f"fps must be positive, got {fps}")
+    return rate
+
+
+def _pad_even(frame: np.ndarray) -> np.ndarray:
+    """Pad a (H, W, 3) frame by one edge-replicated pixel at the bottom / right where H / W is odd.
+
+    yuv420p stores chroma at half resolution, so libx264 needs even sizes. The pixel is added rather
+    than cropped so that no image content is lost; the encoded video is then (H + 1) or (W + 1) big.
+    """
+    pad_h, pad_w = frame.shape[0] % 2, frame.shape[1] % 2
+    if not (pad_h or pad_w):
+        return frame
+    return np.pad(frame, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+
+
+def write_mp4(
+    path: str | Path,
+    frames: Iterable[np.ndarray],
+    fps: float | Fraction,
+    crf: int = DEFAULT_CRF,
+    preset: str = DEFAULT_PRESET,
+) -> Path:
+    """Encode RGB frames to an H.264 (libx264, yuv420p) mp4 at ``fps``, one frame at a time.
+
+    Args:
+        path: output file (overwritten).
+        frames: iterable of uint8 (H, W, 3) RGB frames, all the same size; a generator is consumed
+            lazily. Odd H or W are padded by one pixel (see ``_pad_even``).
+        fps: frame rate; fractional rates are kept exact (``to_fraction``).
+        crf: x264 constant rate factor (lower = better quality, bigger file).
+        preset: x264 speed preset.
+    Returns:
+        ``path`` as a Path. Raises ValueError (and removes the partial file) if ``frames`` is empty or a
+        frame has a different shape from the first.
+    """
+    path = Path(path)
+    rate = to_fraction(fps)
+    count = 0
+    # faststart moves the index to the front so a browser can play the file while it downloads.
+    container = av.open(str(path), mode="w", options={"movflags": "+faststart"})
+    try:
+        stream = None
+        first_shape = None
+        for frame in frames:
+            if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+                raise ValueError(f"frame {count}: expected uint8 (H, W, 3), got {frame.dtype} {frame.shape}")
+            if stream is None:
+                first_shape = frame.shape
+                stream = _open_stream(container, rate, _pad_even(frame).shape, crf, preset)
+            elif frame.shape != first_shape:
+                raise ValueError(f"frame {count} has shape {frame.shape}, the first frame {first_shape}")
+            video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(_pad_even(frame)), format="rgb24")
+            container.mux(stream.encode(video_frame))
+            count += 1
+        if stream is None:
+            raise ValueError("no frames to encode")
+        container.mux(stream.encode(None))  # flush the encoder's delayed frames
+    except BaseException:
+        container.close()
+        path.unlink(missing_ok=True)
+        raise
+    container.close()
+    logger.debug("wrote %d frames at %s fps to %s", count, rate, path)
+    return path
+
+
+def _open_stream(container, rate: Fraction, shape: tuple[int, ...], crf: int, preset: str):
+    stream = container.add_stream("libx264", rate=rate, options={"crf": str(crf), "preset": preset})
+    stream.height, stream.width = shape[:2]
+    stream.pix_fmt = "yuv420p"
+    return stream
+
+
+def read_mp4(path: str | Path) -> tuple[np.ndarray, float]:
+    """Decode a whole video into memory (for tests and short clips).
+
+    Returns:
+        frames uint8 (T, H, W, 3) RGB and the stream's average frame rate as a float.
+    """
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        rate = stream.average_rate or stream.guessed_rate
+        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+    if not frames:
+        raise ValueError(f"{path} holds no video frames")
+    return np.stack(frames), float(rate)
+
+
+def _png_bytes(mask: np.ndarray) -> bytes:
+    """A bool (H, W) mask as a 1-bit PNG (mode "1": reads back as bool in Pillow, 0/255 in OpenCV)."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(mask, dtype=bool)).save(buffer, format="PNG", optimize=False)
+    return buffer.getvalue()
+
+
+def masks_to_png_zip(
+    path: str | Path,
+    actor_masks: Iterable[np.ndarray],
+    target_masks: Iterable[np.ndarray] | None = None,
+    frame_names: Sequence[str] | None = None,
+) -> Path:
+    """Write per-frame masks as PNGs into a zip: ``actor/<name>.png`` and ``target/<name>.png``.
+
+    Masks are encoded one frame at a time, so both tracks may be generators (or a (T, H, W) array).
+    Members are stored, not deflated: PNG is already compressed.
+
+    Args:
+        path: output zip (overwritten).
+        actor_masks: T bool (H, W) masks (or a bool (T, H, W) array).
+        target_masks: same for the target, or None (no ``target/`` folder).
+        frame_names: T names without extension (e.g. the dataset's "00000"); default 5-digit indices.
+    Returns:
+        ``path`` as a Path. Raises ValueError if the tracks or names differ in length.
+    """
+    path = Path(path)
+    tracks = {"actor": iter(actor_masks)}
+    if target_masks is not None:
+        tracks["target"] = iter(target_masks)
+    count = 0
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as archive:
+        while True:
+            masks = {role: next(track, None) for role, track in tracks.items()}
+            if all(mask is None for mask in masks.values()):
+                break
+            if any(mask is None for mask in masks.values()):
+                raise ValueError(f"the actor and target tracks differ in length (one ends at frame {count})")
+            name = _frame_name(frame_names, count)
+            for role, mask in masks.items():
+                archive.writestr(f"{role}/{name}.png", _png_bytes(mask))
+            count += 1
+    if frame_names is not None and count != len(frame_names):
+        raise ValueError(f"{len(frame_names)} frame names for {count} frames")
+    logger.debug("wrote %d frames of masks (%s) to %s", count, "+".join(tracks), path)
+    return path
+
+
+def _frame_name(frame_names: Sequence[str] | None, index: int) -> str:
+    if frame_names is None:
+        return f"{index:05d}"
+    if index >= len(frame_names):
+        raise ValueError(f"more frames than the {len(frame_names)} frame names given")
+    return str(frame_names[index])
+
+
+def results_entry(
+    actor_masks: Iterable[np.ndarray], target_masks: Iterable[np.ndarray] | None, answer: str
+) -> dict:
+    """One expression's entry of the RLE results JSON (``reviosa.rle.encode_track`` per track).
+
+    Returns:
+        ``{"actor": [RLE or None per frame], "target": [...] or None, "answer": answer}``.
+    """
+    return {
+        "actor": encode_track(actor_masks),
+        "target": None if target_masks is None else encode_track(target_masks),
+        "answer": answer,
+    }
+
+
+def write_results_json(path: str | Path, entries: Mapping[str, Mapping[str, dict]]) -> Path:
+    """Write ``{"videos": {VIDEO_ID: {EXP_ID: results_entry(...)}}}`` to ``path`` and return it."""
+    path = Path(path)
+    with path.open("w", encoding="utf-8") as f:
+        json.dump({"videos": entries}, f)
+    return path
