@@ -82,20 +82,26 @@ def set_text_attention(model: InternVLForConditionalGeneration, implementation: 
     model.set_attn_implementation({"text_config": implementation})
 
 
-def captured(model, ids, mask, pixels, implementation="sdpa", **kwargs):
+def captured(model, ids, mask, pixels, implementation="sdpa", position_ids=None, **kwargs):
     """Rows and mass from AttentionCapture around a forward with the given text attention."""
     set_text_attention(model, implementation)
     query = role_positions(ids, (SEG_ACT, SEG_TAR))
     vision = vision_positions_from_ids(ids, IMAGE, GRID)
     with AttentionCapture(model.model.language_model, query, vision, grid=GRID, **kwargs) as capture:
-        model(input_ids=ids, attention_mask=mask, pixel_values=pixels)
+        model(input_ids=ids, attention_mask=mask, pixel_values=pixels, position_ids=position_ids)
     return capture.result()
 
 
-def eager_rows(model, ids, mask, pixels) -> tuple[torch.Tensor, torch.Tensor]:
+def eager_rows(model, ids, mask, pixels, position_ids=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference rows (B, R, NL, NH, K, g, g) and mass (B, R, NL, NH) from the full eager attentions."""
     set_text_attention(model, "eager")
-    out = model(input_ids=ids, attention_mask=mask, pixel_values=pixels, output_attentions=True)
+    out = model(
+        input_ids=ids,
+        attention_mask=mask,
+        pixel_values=pixels,
+        position_ids=position_ids,
+        output_attentions=True,
+    )
     attentions = torch.stack(out.attentions, dim=1)  # (B, NL, NH, L, L)
     query = role_positions(ids, (SEG_ACT, SEG_TAR))
     vision = vision_positions_from_ids(ids, IMAGE, GRID)
@@ -144,10 +150,12 @@ def test_padded_batch_matches_eager(model, left):
     seqs = [sequence(2, (SEG_ACT, SEG_TAR), text=2, seed=1), sequence(2, (SEG_ACT,), text=6, seed=2)]
     ids, mask = batch(seqs, left=left)
     assert bool((mask == 0).any())
+    # Positions count real tokens only, so each item sees the RoPE phases it would see alone.
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
     pixels = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
-        got = captured(model, ids, mask, pixels)
-        want_rows, want_mass = eager_rows(model, ids, mask, pixels)
+        got = captured(model, ids, mask, pixels, position_ids=position_ids)
+        want_rows, want_mass = eager_rows(model, ids, mask, pixels, position_ids=position_ids)
     torch.testing.assert_close(got.rows, want_rows, atol=TOL, rtol=0)
     torch.testing.assert_close(got.vision_mass, want_mass, atol=TOL, rtol=0)
     # Each item alone gives the same rows: padded keys carry no probability.
