@@ -1,0 +1,108 @@
+"""``python -m reviosa predict``: one video and one expression, or every expression of a dataset.
+
+python -m reviosa predict VIDEO "expression" [--model M] [--out DIR]
+    -> DIR/actor/00000.png ..., DIR/target/..., DIR/results.json
+python -m reviosa predict --dataset DIR [--split S] --out RESULTS.json
+    -> the results JSON of every expression (resumable: finished expressions are skipped)
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("video", nargs="?", help="a video file (mp4, webm, mov, avi, gif...)")
+    p.add_argument("expression", nargs="?", help='what to segment, e.g. "person walking a dog"')
+    p.add_argument("--dataset", help="a dataset in the InterRVOS / MeViS layout (instead of VIDEO)")
+    p.add_argument("--split", help="split folder inside --dataset (e.g. valid, test)")
+    p.add_argument("--model", default="builtin", help="'builtin' (default), a model folder, or a hub id")
+    p.add_argument("--out", help="output folder (one video) or results JSON path (--dataset)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--keyframes", type=int, help="keyframes the MLLM sees (default: the model's)")
+    p.add_argument("--keyframe-strategy", choices=["uniform", "first"], help="how keyframes are chosen")
+    p.add_argument("--max-frames", type=int, help="stride long videos down to at most this many frames")
+    p.add_argument("--stride", type=int, default=1, help="keep every n-th frame")
+    p.add_argument("--max-side", type=int, help="downscale frames so the longer side is at most this")
+    p.add_argument("--batch", type=int, default=8, help="expressions of one video run together (--dataset)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from reviosa.hub import from_pretrained
+
+    if bool(args.dataset) == bool(args.video):
+        raise ValueError("give either VIDEO and EXPRESSION, or --dataset DIR")
+    if args.video and not args.expression:
+        raise ValueError('give the expression after the video, e.g. predict clip.mp4 "person walking a dog"')
+    model = from_pretrained(args.model, device=args.device, dtype=getattr(torch, args.dtype))
+    proc = model.config.processor
+    if args.keyframes:
+        proc.num_keyframes = args.keyframes
+    if args.keyframe_strategy:
+        proc.keyframe_strategy = args.keyframe_strategy
+    if args.dataset:
+        return _predict_dataset(model, args)
+    return _predict_video(model, args)
+
+
+def _predict_video(model, args) -> int:
+    from pathlib import Path
+
+    from reviosa import results
+    from reviosa.video import VideoFile, VideoLimits
+
+    video = VideoFile(
+        args.video, VideoLimits(max_frames=args.max_frames, stride=args.stride, max_side=args.max_side)
+    )
+    (pred,) = model.segment(video, [args.expression])
+    out = Path(args.out or f"{Path(args.video).stem}_masks")
+    results.write_png_masks(pred.actor, out / "actor")
+    if pred.target is not None:
+        results.write_png_masks(pred.target, out / "target")
+    data = {"videos": {Path(args.video).stem: {"0": results.entry(pred)}}}
+    results.save(data, out / "results.json")
+    print(f"answer: {pred.answer}")
+    if pred.status != "ok":
+        print(f"note: {pred.reason}")
+    print(
+        f"actor: {int((pred.actor.areas() > 0).sum())}/{video.num_frames} frames with a mask; "
+        f"target: {'none' if pred.target is None else f'{int((pred.target.areas() > 0).sum())}/{video.num_frames}'}"
+    )
+    print(f"wrote {out}/ (actor/, {'target/, ' if pred.target is not None else ''}results.json)")
+    return 0
+
+
+def _predict_dataset(model, args) -> int:
+    from itertools import groupby
+
+    from tqdm import tqdm
+
+    from reviosa import results
+    from reviosa.data import InterRVOSDataset
+    from reviosa.video import CallbackVideo
+
+    if not args.out:
+        raise ValueError("--dataset needs --out RESULTS.json")
+    dataset = InterRVOSDataset(args.dataset, split=args.split)
+    done = results.load(args.out)
+    todo = [s for s in dataset.samples() if s.exp_id not in done["videos"].get(s.video_id, {})]
+    skipped = len(dataset) - len(todo)
+    bar = tqdm(total=len(dataset), initial=skipped, desc="expressions", unit="exp")
+    for video_id, group in groupby(todo, key=lambda s: s.video_id):
+        samples = list(group)
+        first = samples[0]
+        video = CallbackVideo(first.load_frames, first.num_frames, first.size)
+        for start in range(0, len(samples), max(1, args.batch)):
+            chunk = samples[start : start + args.batch]
+            preds = model.segment(video, [s.expression for s in chunk])
+            entries = done["videos"].setdefault(video_id, {})
+            for sample, pred in zip(chunk, preds, strict=True):
+                entries[sample.exp_id] = results.entry(pred)
+            bar.update(len(chunk))
+        results.save(done, args.out)  # after each video: an interrupted run resumes from here
+    bar.close()
+    print(f"wrote {args.out}: {len(dataset)} expressions ({skipped} already done)")
+    return 0

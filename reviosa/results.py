@@ -1,0 +1,67 @@
+"""The results JSON of ``predict`` (a contract: ``evaluate`` and users' scripts read it).
+
+    {"videos": {VIDEO_ID: {EXP_ID: {"actor": [RLE or null per frame],
+                                    "target": [RLE or null per frame] or null,
+                                    "answer": "..."}}}}
+
+RLE is COCO's compressed form; null marks an empty frame. Writes are atomic (temp file + rename) so
+an interrupted batch run leaves a readable file to resume from.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from reviosa import rle
+
+
+def entry(prediction) -> dict:
+    """One expression's entry from a `reviosa.modeling.Prediction`."""
+    return {
+        "actor": rle.encode_track(prediction.actor),
+        "target": rle.encode_track(prediction.target) if prediction.target is not None else None,
+        "answer": prediction.answer,
+    }
+
+
+def load(path: str | Path) -> dict:
+    """Read a results file; a missing file is an empty result set."""
+    path = Path(path)
+    if not path.exists():
+        return {"videos": {}}
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); move it away to start over") from err
+    if not isinstance(data, dict) or not isinstance(data.get("videos"), dict):
+        raise ValueError(f"{path} is not a ReVIOSa results file (no 'videos' object)")
+    return data
+
+
+def save(results: dict, path: str | Path) -> Path:
+    """Write atomically: a crash mid-write never leaves a truncated file behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(results, f)
+    os.replace(tmp, path)
+    return path
+
+
+def write_png_masks(track, folder: str | Path, frame_names: list[str] | None = None) -> int:
+    """Write a (T, H, W) bool track as one 8-bit PNG per frame (0 / 255). Returns frames written."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    count = 0
+    for t, mask in enumerate(track):
+        name = frame_names[t] if frame_names else f"{t:05d}"
+        Image.fromarray(np.where(mask, 255, 0).astype(np.uint8), mode="L").save(folder / f"{name}.png")
+        count += 1
+    return count
