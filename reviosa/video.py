@@ -127,8 +127,7 @@ class VideoFile:
         with av.open(str(self.path)) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
-            for i, frame in enumerate(container.decode(stream)):
-                yield i, frame
+            yield from enumerate(container.decode(stream))
 
     def _convert(self, frame) -> np.ndarray:
         h, w = self.size

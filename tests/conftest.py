@@ -9,39 +9,16 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np
 import pytest
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList
 
 torch.set_num_threads(1)
 
 TINY_CORPUS = ["red circle pushing the blue square", "the object moving in circles", "person walking a dog"]
 
 
-class ForceAnswer(LogitsProcessor):
-    """Makes greedy generation emit exactly ``ids`` (then anything), per batch row."""
+def force(model, answers: list[str]):
+    from reviosa.generation import force_answers
 
-    def __init__(self, rows: list[list[int]], prompt_len: int):
-        self.rows = rows
-        self.prompt_len = prompt_len
-
-    def __call__(self, input_ids, scores):
-        # With inputs_embeds, generate() passes only the generated ids so far.
-        step = (
-            input_ids.shape[1]
-            if input_ids.shape[1] < self.prompt_len
-            else input_ids.shape[1] - self.prompt_len
-        )
-        forced = torch.full_like(scores, -1e9)
-        for b, row in enumerate(self.rows):
-            if step < len(row):
-                forced[b, row[step]] = 0.0
-            else:
-                forced[b] = scores[b]
-        return forced
-
-
-def force(model, answers: list[str]) -> LogitsProcessorList:
-    rows = [model.processor.answer_ids(a) for a in answers]
-    return LogitsProcessorList([ForceAnswer(rows, prompt_len=10**9)])
+    return force_answers(model, answers)
 
 
 @pytest.fixture(scope="session")
@@ -96,7 +73,9 @@ def teach_answer(model, answer: str, steps: int = 40, frames: int = 2) -> None:
         expression = TINY_CORPUS[step % len(TINY_CORPUS)]
         prompt = proc.prompt_ids(expression, frames)
         ids = torch.tensor([prompt + answer_ids])
-        pixels = torch.randn(frames, 3, model.config.vision.image_size, model.config.vision.image_size, generator=rng)
+        pixels = torch.randn(
+            frames, 3, model.config.vision.image_size, model.config.vision.image_size, generator=rng
+        )
         hidden = model.hidden_states(model.embed(ids, pixels), torch.ones_like(ids))
         logits = model.mllm.lm_head(hidden[0, len(prompt) - 1 : -1])
         loss = torch.nn.functional.cross_entropy(logits, torch.tensor(answer_ids))

@@ -50,7 +50,9 @@ def test_prompt_layout(tiny_model):
     assert text.endswith("Please segment person walking a dog.<|im_end|>\n<|im_start|>assistant\n")
 
 
-@pytest.mark.parametrize("hostile", [tokens.SEG_TAR, tokens.SEG_ACT, tokens.IMG_CONTEXT, tokens.IM_END, "<img>"])
+@pytest.mark.parametrize(
+    "hostile", [tokens.SEG_TAR, tokens.SEG_ACT, tokens.IMG_CONTEXT, tokens.IM_END, "<img>"]
+)
 def test_user_text_never_becomes_a_control_token(tiny_model, hostile):
     proc = tiny_model.processor
     clean = proc.prompt_ids("a dog", 1)
@@ -91,7 +93,9 @@ def test_one_and_two_token_paths(tiny_model, random_frames):
 
 def test_batched_expressions_match_single_runs(tiny_model, random_frames):
     video = ArrayVideo(random_frames)
-    batch = tiny_model.segment(video, ["the dog", "a person"], logits_processor=force(tiny_model, [BOTH, ACTOR]))
+    batch = tiny_model.segment(
+        video, ["the dog", "a person"], logits_processor=force(tiny_model, [BOTH, ACTOR])
+    )
     single = tiny_model.segment(video, ["the dog"], logits_processor=force(tiny_model, [BOTH]))[0]
     # Left padding shifts nothing: positions are computed from the attention mask.
     assert np.array_equal(np.asarray(batch[0].actor), np.asarray(single.actor))
@@ -100,12 +104,23 @@ def test_batched_expressions_match_single_runs(tiny_model, random_frames):
 
 def test_attention_rows_come_with_the_prediction(tiny_model, random_frames):
     (pred,) = tiny_model.segment(
-        ArrayVideo(random_frames), ["the dog"], capture_attention=True, logits_processor=force(tiny_model, [BOTH])
+        ArrayVideo(random_frames),
+        ["the dog"],
+        capture_attention=True,
+        logits_processor=force(tiny_model, [BOTH]),
     )
     cfg = tiny_model.config
     rows = pred.attention.rows
     k = len(pred.keyframes)
-    assert rows.shape == (1, 2, cfg.text.num_hidden_layers, cfg.text.num_attention_heads, k, cfg.grid, cfg.grid)
+    assert rows.shape == (
+        1,
+        2,
+        cfg.text.num_hidden_layers,
+        cfg.text.num_attention_heads,
+        k,
+        cfg.grid,
+        cfg.grid,
+    )
     mass = pred.attention.vision_mass
     assert torch.all(mass > 0) and torch.all(mass <= 1 + 1e-5)
 
