@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
+from functools import lru_cache
 from pathlib import Path
 
 import matplotlib
@@ -55,10 +56,13 @@ _RESAMPLE = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.B
              "bicubic": Image.Resampling.BICUBIC}  # fmt: skip
 
 
+@lru_cache(maxsize=8)
 def _lut(cmap: str) -> np.ndarray:
-    """float32 (256, 3) RGB lookup table of a matplotlib colour map, in [0, 255]."""
+    """float32 (256, 3) RGB lookup table of a matplotlib colour map, in [0, 255] (read-only, cached)."""
     colors = matplotlib.colormaps[cmap](np.linspace(0.0, 1.0, 256))[:, :3]
-    return (colors * 255.0).astype(np.float32)
+    lut = (colors * 255.0).astype(np.float32)
+    lut.setflags(write=False)
+    return lut
 
 
 def _normalise(attn: np.ndarray, vmax: float | None) -> np.ndarray:
@@ -111,6 +115,8 @@ def heatmap_overlay(
         raise ValueError(f"expected an RGB frame (H, W, 3), got shape {frame.shape}")
     if attn.ndim != 2:
         raise ValueError(f"expected a (g, g) attention map, got shape {attn.shape}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     values = _upsample(_normalise(attn, vmax), frame.shape[:2], resample)
     heat = colorize(values, cmap)  # (H, W, 3) float32
     out = frame.astype(np.float32) * (1.0 - alpha) + heat * alpha
@@ -175,6 +181,9 @@ def head_grid(
             f"{len(layers)} layer / {len(heads)} head names for rows of shape {rows_for_role.shape}"
         )
     chosen = {(layer, head) for layer, head in supervised}
+    unplotted = sorted(chosen - {(layer, head) for layer in layers for head in heads})
+    if unplotted:
+        logger.debug("supervised (layer, head) pairs not in this grid: %s", unplotted)
 
     maps = rows_for_role[:, :, keyframe]  # (NL, NH, g, g)
     vmax = float(maps.max()) if shared_scale else None
