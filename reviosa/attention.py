@@ -23,6 +23,7 @@ Usage::
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -31,7 +32,6 @@ import torch
 from einops import rearrange, repeat
 from torch import nn
 from torch.utils.hooks import RemovableHandle
-from transformers.models.qwen2.modeling_qwen2 import rotate_half
 
 __all__ = [
     "AttentionCapture",
@@ -61,6 +61,94 @@ class AttentionRows:
     heads: tuple[int, ...]
 
 
+@dataclass
+class _SharedTables:
+    """Tensors every captured layer of one forward pass reuses (float32 unless noted).
+
+    The decoder hands the same (cos, sin) and mask objects to every layer, so these are built once per
+    forward: at the tiny preset's scale the per-layer cost is the number of ops, not their flops.
+    Layout (B, KVH, R, G, ...) groups the query heads by their KV head (head h reads KV head h // G, so
+    "(kv g)" with kv outer is Qwen2's head order): no repeat_kv, and no copy between the ops.
+    """
+
+    q_index: torch.Tensor  # long (B, KVH, R, G * hd), expanded: gathers the role rows from q_proj
+    cos_q: torch.Tensor  # (B, 1, R, 1, hd) RoPE cos at the role positions, times the score scale
+    sin_q: torch.Tensor  # (B, 1, R, 1, hd) signed RoPE sin at the role positions, times the score scale
+    cos_k: torch.Tensor  # (B, L, 1, hd)
+    sin_k: torch.Tensor  # (B, L, 1, hd) signed
+    rotate: torch.Tensor  # long (hd,): the index permutation of rotate_half
+    bias: torch.Tensor  # (B, 1, R, 1, L) additive mask: 0 where the role query may attend, else float32 min
+    v_index: torch.Tensor  # long (B, KVH, R, G, N), expanded: gathers the vision columns
+
+
+def _shared_tables(
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    mask: torch.Tensor | None,
+    query_positions: torch.Tensor,
+    vision_positions: torch.Tensor,
+    num_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    scaling: float,
+    sliding_window: int | None,
+) -> _SharedTables:
+    """Build the per-forward tables; arguments as in ``role_attention_rows``."""
+    batch, length = vision_positions.shape[0], cos.shape[1]
+    groups = num_heads // num_kv_heads
+    # Absent roles (-1) are computed at position 0 and zeroed in _finish_rows. Masked scores get a finite
+    # minimum (as transformers' eager masks do) so no row is all -inf: NaN would leak into the gradients.
+    qpos = query_positions.clamp_min(0)
+    rotate, sign = _rotation(head_dim, cos.device)
+    cos_k = cos.float().expand(batch, -1, -1)  # (B, L, hd)
+    sin_k = sin.float().expand(batch, -1, -1) * sign
+    cos_q, sin_q = _gather_rows(cos_k, qpos) * scaling, _gather_rows(sin_k, qpos) * scaling  # (B, R, hd)
+    bias = _mask_bias(mask, qpos, batch, length, sliding_window)  # (B, R, L)
+    return _SharedTables(
+        q_index=qpos[:, None, :, None].expand(-1, num_kv_heads, -1, groups * head_dim),
+        cos_q=cos_q[:, None, :, None],
+        sin_q=sin_q[:, None, :, None],
+        cos_k=cos_k[:, :, None],
+        sin_k=sin_k[:, :, None],
+        rotate=rotate,
+        bias=bias[:, None, :, None],
+        v_index=vision_positions[:, None, None, None].expand(-1, num_kv_heads, qpos.shape[1], groups, -1),
+    )
+
+
+def _layer_rows(q: torch.Tensor, k: torch.Tensor, tables: _SharedTables, head_dim: int) -> torch.Tensor:
+    """Raw rows of one layer from its q_proj / k_proj outputs, float32 (B, KVH, R, G, N), all heads."""
+    batch, num_kv_heads, num_roles, group_width = tables.q_index.shape
+    # Gathering from the (B, KVH, L, G * hd) view puts the role rows straight into the grouped layout.
+    q_rows = q.float().view(batch, -1, num_kv_heads, group_width).transpose(1, 2).gather(2, tables.q_index)
+    q_rows = q_rows.view(batch, num_kv_heads, num_roles, -1, head_dim)  # (B, KVH, R, G, hd)
+    q_rows = torch.addcmul(q_rows * tables.cos_q, q_rows.index_select(-1, tables.rotate), tables.sin_q)
+    keys = k.float().view(batch, -1, num_kv_heads, head_dim)  # (B, L, KVH, hd)
+    keys = torch.addcmul(keys * tables.cos_k, keys.index_select(-1, tables.rotate), tables.sin_k)
+
+    # (B, KVH, R * G, hd) @ (B, KVH, hd, L): O(R * NH * L * hd), the only product over the sequence.
+    scores = torch.matmul(q_rows.flatten(2, 3), keys.permute(0, 2, 3, 1))
+    scores = scores.view(batch, num_kv_heads, num_roles, -1, scores.shape[-1])  # (B, KVH, R, G, L)
+    probs = torch.softmax(scores + tables.bias, dim=-1)
+    return probs.gather(-1, tables.v_index)  # (B, KVH, R, G, N)
+
+
+def _finish_rows(
+    raw: torch.Tensor, query_positions: torch.Tensor, heads: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stacked raw rows (NL, B, KVH, R, G, N) -> rows (B, R, NL, NH, N) and vision mass (B, R, NL, NH).
+
+    Done once for all layers, so the per-layer work stays a handful of ops.
+    """
+    rows = rearrange(raw, "nl b kv r g n -> b r nl (kv g) n")
+    if heads is not None:
+        rows = rows.index_select(3, heads)
+    present = query_positions >= 0  # (B, R)
+    if not bool(present.all()):
+        rows = rows * present[:, :, None, None, None]
+    return rows, rows.sum(-1)
+
+
 def role_attention_rows(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -69,7 +157,7 @@ def role_attention_rows(
     mask: torch.Tensor | None,
     query_positions: torch.Tensor,
     vision_positions: torch.Tensor,
-    heads: torch.Tensor,
+    heads: torch.Tensor | None,
     head_dim: int,
     scaling: float,
     sliding_window: int | None = None,
@@ -77,7 +165,7 @@ def role_attention_rows(
     """Softmax attention rows of the role queries over the vision keys, for one layer.
 
     Reproduces Qwen2's eager attention (RoPE, grouped KV heads, scaling, mask, float32 softmax) for the
-    R query rows only.
+    R query rows only: O(R * L) work instead of O(L^2).
 
     Args:
         q: (B, L, NHall * hd) output of ``q_proj`` (no RoPE yet).
@@ -88,7 +176,7 @@ def role_attention_rows(
             (B, L) key-padding mask (flash attention).
         query_positions: long (B, R), sequence index of each role token, -1 where the role is absent.
         vision_positions: long (B, N), sequence indices of the vision tokens.
-        heads: long (NH,), the query heads to return.
+        heads: long (NH,), the query heads to return; None for all.
         head_dim: hd.
         scaling: the score scale (the module's ``scaling``, hd ** -0.5 for Qwen2).
         sliding_window: the layer's sliding window, applied when the mask does not already hold it.
@@ -96,35 +184,25 @@ def role_attention_rows(
     Returns:
         rows: float32 (B, R, NH, N); vision_mass: float32 (B, R, NH).
     """
-    batch, length = k.shape[:2]
-    num_kv_heads = k.shape[-1] // head_dim
-    # Absent roles are computed at position 0 and zeroed at the end; masked scores use a finite minimum
-    # (as transformers' eager masks do) so no row is all -inf: NaN would leak into the gradients.
-    present = query_positions >= 0  # (B, R)
-    qpos = query_positions.clamp_min(0)
-    cos = cos.float().expand(batch, -1, -1)  # (B, L, hd)
-    sin = sin.float().expand(batch, -1, -1)
+    tables = _shared_tables(
+        cos, sin, mask, query_positions, vision_positions, q.shape[-1] // head_dim, k.shape[-1] // head_dim,
+        head_dim, scaling, sliding_window,
+    )  # fmt: skip
+    rows, mass = _finish_rows(_layer_rows(q, k, tables, head_dim)[None], query_positions, heads)
+    return rows[:, :, 0], mass[:, :, 0]
 
-    q_rows = _gather_rows(q.float(), qpos)  # (B, R, NHall * hd)
-    q_rows = rearrange(q_rows, "b r (h d) -> b h r d", d=head_dim)
-    q_rows = _rope(q_rows, _gather_rows(cos, qpos), _gather_rows(sin, qpos))  # (B, NHall, R, hd)
-    keys = rearrange(k.float(), "b l (h d) -> b h l d", d=head_dim)
-    keys = _rope(keys, cos, sin)  # (B, KVH, L, hd)
 
-    # Group the query heads by their KV head instead of repeating the keys (repeat_kv): head h reads
-    # KV head h // G, so "(kv g)" with kv outer is Qwen2's head order.
-    q_grouped = rearrange(q_rows, "b (kv g) r d -> b kv (g r) d", kv=num_kv_heads)
-    scores = torch.matmul(q_grouped, keys.transpose(-1, -2)) * scaling  # (B, KVH, G * R, L)
-    scores = rearrange(scores, "b kv (g r) l -> b r (kv g) l", r=qpos.shape[1])  # (B, R, NHall, L)
-    scores = scores.index_select(2, heads)  # (B, R, NH, L)
+@functools.lru_cache(maxsize=8)
+def _rotation(head_dim: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Index permutation (hd,) and sign (hd,) with rotate_half(x) = x[..., rotate] * sign.
 
-    scores = _apply_mask(scores, mask, qpos, length, sliding_window)
-    probs = torch.softmax(scores, dim=-1)  # (B, R, NH, L)
-    probs = probs * present[:, :, None, None]
-
-    index = repeat(vision_positions, "b n -> b r h n", r=probs.shape[1], h=probs.shape[2])
-    rows = probs.gather(-1, index)  # (B, R, NH, N)
-    return rows, rows.sum(-1)
+    transformers' rotate_half(x) is cat(-x[half:], x[:half]); with the sign folded into the sin tables,
+    RoPE is x * cos + x[rotate] * sin: the same products and sum as its apply_rotary_pos_emb, exactly.
+    """
+    half = head_dim // 2
+    rotate = torch.cat([torch.arange(half, head_dim), torch.arange(half)]).to(device)
+    sign = torch.cat([-torch.ones(half), torch.ones(head_dim - half)]).to(device)
+    return rotate, sign
 
 
 def _gather_rows(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -132,45 +210,33 @@ def _gather_rows(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     return x.gather(1, repeat(positions, "b r -> b r c", c=x.shape[-1]))
 
 
-def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Qwen2's rotary embedding (``apply_rotary_pos_emb`` for one tensor): x (B, H, P, hd), cos/sin (B, P, hd).
-
-    ``apply_rotary_pos_emb`` rotates q and k with the same positions; here q is rotated at R positions
-    and k at L, so the same formula is applied per tensor with transformers' ``rotate_half``.
-    """
-    return x * cos[:, None] + rotate_half(x) * sin[:, None]
-
-
-def _apply_mask(
-    scores: torch.Tensor,
-    mask: torch.Tensor | None,
-    qpos: torch.Tensor,
-    length: int,
-    sliding_window: int | None,
+def _mask_bias(
+    mask: torch.Tensor | None, qpos: torch.Tensor, batch: int, length: int, sliding_window: int | None
 ) -> torch.Tensor:
-    """Mask the scores (B, R, NH, L) of the queries at qpos (B, R) the way the layer's attention does."""
-    minimum = torch.finfo(scores.dtype).min
-    keys = torch.arange(length, device=scores.device)
+    """Additive float32 mask (B, R, L) for the queries at qpos (B, R), as the layer's attention masks."""
+    minimum = torch.finfo(torch.float32).min
     if mask is not None and mask.dim() == 4:
         if mask.shape[-1] != length:
             raise ValueError(f"attention mask covers {mask.shape[-1]} keys, the layer has {length}")
         # Take head 0: transformers' masks broadcast over heads (shape (B, 1, L, L)).
-        mask_rows = _gather_rows(mask[:, 0].expand(scores.shape[0], -1, -1), qpos)  # (B, R, L)
-        if mask_rows.dtype == torch.bool:
-            return scores.masked_fill(~mask_rows[:, :, None], minimum)
-        # Eager masks are additive (0 or the dtype's minimum); clamp so their sum stays finite.
-        return (scores + mask_rows[:, :, None].float()).clamp_min(minimum)
-    if mask is not None and mask.dim() != 2:
+        mask_rows = _gather_rows(mask[:, 0].expand(batch, -1, -1), qpos)  # (B, R, L)
+        if mask_rows.dtype != torch.bool:
+            # Eager masks are additive (0 or the model dtype's minimum, possibly -inf): keep them finite.
+            return mask_rows.float().clamp_min(minimum)
+        allowed = mask_rows
+    elif mask is None or mask.dim() == 2:
+        keys = torch.arange(length, device=qpos.device)
+        allowed = keys <= qpos[..., None]  # (B, R, L) causal
+        if sliding_window is not None:
+            allowed = allowed & (keys > qpos[..., None] - sliding_window)
+        if mask is not None:  # flash attention's (B, L) key-padding mask
+            allowed = allowed & mask.bool()[:, None, :]
+    else:
         raise TypeError(
             f"unsupported attention mask {type(mask).__name__} of shape {getattr(mask, 'shape', None)}; "
             "use attn_implementation 'sdpa', 'eager' or 'flash_attention_2'"
         )
-    allowed = keys <= qpos[..., None]  # (B, R, L) causal
-    if sliding_window is not None:
-        allowed = allowed & (keys > qpos[..., None] - sliding_window)
-    if mask is not None:  # flash attention's (B, L) key-padding mask
-        allowed = allowed & mask.bool()[:, None, :]
-    return scores.masked_fill(~allowed[:, :, None], minimum)
+    return torch.where(allowed, 0.0, minimum)
 
 
 @dataclass
@@ -183,8 +249,7 @@ class _LayerState:
     q: torch.Tensor | None = None
     k: torch.Tensor | None = None
     armed: bool = False
-    rows: torch.Tensor | None = None  # (B, R, NH, N)
-    mass: torch.Tensor | None = None  # (B, R, NH)
+    rows: torch.Tensor | None = None  # raw rows (B, KVH, R, G, N), all heads
 
 
 class AttentionCapture:
@@ -248,12 +313,17 @@ class AttentionCapture:
         self.vision_positions = vision_positions.long()
         self.grid = grid
         self.keep_grad = keep_grad
-        self._heads_index = torch.tensor(self.heads, dtype=torch.long, device=query_positions.device)
+        all_heads = self.heads == tuple(range(num_heads))
+        self._heads_index = (
+            None if all_heads else torch.tensor(self.heads, dtype=torch.long, device=query_positions.device)
+        )
+        self._cache: list[tuple[torch.Tensor, torch.Tensor | None, tuple, _SharedTables]] = []
         self._handles: list[RemovableHandle] = []
         self._states: dict[int, _LayerState] = {}
 
     def __enter__(self) -> AttentionCapture:
         self._states = {i: _LayerState() for i in self.layers}
+        self._cache = []
         try:
             for i in self.layers:
                 attn = self.language_model.layers[i].self_attn
@@ -275,14 +345,15 @@ class AttentionCapture:
         for state in self._states.values():
             # Drop the references to the projections so their memory can go.
             state.q = state.k = state.cos = state.sin = state.mask = None
+        self._cache = []
 
     def result(self) -> AttentionRows:
         """The captured rows; raises if a selected layer did not run inside the context."""
         missing = [i for i in self.layers if self._states.get(i, _LayerState()).rows is None]
         if missing:
             raise RuntimeError(f"no attention was captured for layers {missing}: run the forward pass inside")
-        rows = torch.stack([self._states[i].rows for i in self.layers], dim=2)  # (B, R, NL, NH, N)
-        mass = torch.stack([self._states[i].mass for i in self.layers], dim=2)  # (B, R, NL, NH)
+        raw = torch.stack([self._states[i].rows for i in self.layers])  # (NL, B, KVH, R, G, N)
+        rows, mass = _finish_rows(raw, self.query_positions, self._heads_index)  # (B, R, NL, NH, N)
         rows = rearrange(rows, "b r nl nh (k y x) -> b r nl nh k y x", y=self.grid, x=self.grid)
         return AttentionRows(rows=rows, vision_mass=mass, layers=self.layers, heads=self.heads)
 
@@ -338,21 +409,25 @@ class AttentionCapture:
             torch.set_grad_enabled(self.keep_grad and torch.is_grad_enabled()),
             torch.autograd.graph.saved_tensors_hooks(_identity, _identity),
         ):
-            state.rows, state.mass = role_attention_rows(
-                q=state.q,
-                k=state.k,
-                cos=state.cos,
-                sin=state.sin,
-                mask=state.mask,
-                query_positions=self.query_positions,
-                vision_positions=self.vision_positions,
-                heads=self._heads_index,
-                head_dim=attn.head_dim,
-                scaling=attn.scaling,
-                sliding_window=getattr(attn, "sliding_window", None),
-            )
+            tables = self._tables(attn, state)
+            state.rows = _layer_rows(state.q, state.k, tables, attn.head_dim)
         state.q = state.k = state.cos = state.sin = state.mask = None
         state.armed = False
+
+    def _tables(self, attn: nn.Module, state: _LayerState) -> _SharedTables:
+        """The shared tables for this layer's (cos, mask, window, scale), built by the first layer."""
+        window = getattr(attn, "sliding_window", None)
+        # Identity, not equality: the decoder passes the same tensor objects to every layer.
+        for cos, mask, key, tables in self._cache:
+            if cos is state.cos and mask is state.mask and key == (window, attn.scaling, attn.head_dim):
+                return tables
+        tables = _shared_tables(
+            state.cos, state.sin, state.mask, self.query_positions, self.vision_positions,
+            attn.q_proj.out_features // attn.head_dim, attn.k_proj.out_features // attn.head_dim,
+            attn.head_dim, attn.scaling, window,
+        )  # fmt: skip
+        self._cache.append((state.cos, state.mask, (window, attn.scaling, attn.head_dim), tables))
+        return tables
 
 
 def _identity(tensor: torch.Tensor) -> torch.Tensor:
