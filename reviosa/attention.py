@@ -98,7 +98,8 @@ def _shared_tables(
     groups = num_heads // num_kv_heads
     # Absent roles (-1) are computed at position 0 and zeroed in _finish_rows. Masked scores get a finite
     # minimum (as transformers' eager masks do) so no row is all -inf: NaN would leak into the gradients.
-    qpos = query_positions.clamp_min(0)
+    qpos = query_positions.to(cos.device).clamp_min(0)
+    vision_positions = vision_positions.to(cos.device)
     rotate, sign = _rotation(head_dim, cos.device)
     cos_k = cos.float().expand(batch, -1, -1)  # (B, L, hd)
     sin_k = sin.float().expand(batch, -1, -1) * sign
@@ -142,8 +143,8 @@ def _finish_rows(
     """
     rows = rearrange(raw, "nl b kv r g n -> b r nl (kv g) n")
     if heads is not None:
-        rows = rows.index_select(3, heads)
-    present = query_positions >= 0  # (B, R)
+        rows = rows.index_select(3, heads.to(rows.device))
+    present = query_positions.to(rows.device) >= 0  # (B, R)
     if not bool(present.all()):
         rows = rows * present[:, :, None, None, None]
     return rows, rows.sum(-1)

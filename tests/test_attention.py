@@ -16,7 +16,7 @@ GRID = 4  # (32 px / patch 4) * downsample 0.5
 TOL = 1e-5
 
 
-def build_model() -> InternVLForConditionalGeneration:
+def build_model(**text_overrides) -> InternVLForConditionalGeneration:
     """Tiny random InternVL: 2-layer ViT (32 px, patch 4), 3-layer Qwen2 (4 heads, 2 KV heads)."""
     torch.manual_seed(0)
     vision = InternVLVisionConfig(
@@ -35,6 +35,7 @@ def build_model() -> InternVLForConditionalGeneration:
         intermediate_size=128,
         vocab_size=VOCAB,
         pad_token_id=PAD,
+        **text_overrides,
     )
     config = InternVLConfig(
         vision_config=vision, text_config=text, image_token_id=IMAGE, downsample_ratio=0.5
@@ -164,6 +165,20 @@ def test_padded_batch_matches_eager(model, left):
         with torch.no_grad():
             alone = captured(model, alone_ids, alone_mask, pixels[2 * b : 2 * b + 2])
         torch.testing.assert_close(got.rows[b : b + 1], alone.rows, atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
+def test_sliding_window_layers_match_eager(implementation):
+    # Layers 1 and 2 slide over 24 keys: the role queries no longer see the first frames.
+    model = build_model(use_sliding_window=True, sliding_window=24, max_window_layers=1)
+    assert model.model.language_model.layers[2].self_attn.sliding_window == 24
+    ids, mask = batch([sequence(3, (SEG_ACT, SEG_TAR))])
+    pixels = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        got = captured(model, ids, mask, pixels, implementation)
+        want_rows, _ = eager_rows(model, ids, mask, pixels)
+    torch.testing.assert_close(got.rows, want_rows, atol=TOL, rtol=0)
+    assert bool((got.rows[:, :, 1:, :, 0] == 0).all()) and bool((got.rows[:, :, 0, :, 0] > 0).all())
 
 
 def test_layer_and_head_subset(model):
