@@ -36,7 +36,6 @@ from torch.utils.hooks import RemovableHandle
 __all__ = [
     "AttentionCapture",
     "AttentionRows",
-    "role_attention_rows",
     "role_positions",
     "vision_positions_from_ids",
 ]
@@ -93,7 +92,19 @@ def _shared_tables(
     scaling: float,
     sliding_window: int | None,
 ) -> _SharedTables:
-    """Build the per-forward tables; arguments as in ``role_attention_rows``."""
+    """Build the per-forward tables.
+
+    Args:
+        cos, sin: (B or 1, L, hd) RoPE tables the layer received.
+        mask: the mask the layer received: None (pure causal: SDPA / flash skip the mask when nothing is
+            padded), (B or 1, 1, L, L) bool (True = may attend) or additive float (eager), or (B, L)
+            key-padding mask (flash attention).
+        query_positions: long (B, R), -1 where the role is absent.
+        vision_positions: long (B, N).
+        num_heads, num_kv_heads, head_dim: NHall, KVH, hd of the layer.
+        scaling: the score scale (the module's ``scaling``, hd ** -0.5 for Qwen2).
+        sliding_window: the layer's window, applied when the mask does not already hold it.
+    """
     batch, length = vision_positions.shape[0], cos.shape[1]
     groups = num_heads // num_kv_heads
     # Absent roles (-1) are computed at position 0 and zeroed in _finish_rows. Masked scores get a finite
@@ -121,10 +132,10 @@ def _layer_rows(q: torch.Tensor, k: torch.Tensor, tables: _SharedTables, head_di
     """Raw rows of one layer from its q_proj / k_proj outputs, float32 (B, KVH, R, G, N), all heads."""
     batch, num_kv_heads, num_roles, group_width = tables.q_index.shape
     # Gathering from the (B, KVH, L, G * hd) view puts the role rows straight into the grouped layout.
-    q_rows = q.float().view(batch, -1, num_kv_heads, group_width).transpose(1, 2).gather(2, tables.q_index)
+    q_rows = q.float().reshape(batch, -1, num_kv_heads, group_width).transpose(1, 2).gather(2, tables.q_index)
     q_rows = q_rows.view(batch, num_kv_heads, num_roles, -1, head_dim)  # (B, KVH, R, G, hd)
     q_rows = torch.addcmul(q_rows * tables.cos_q, q_rows.index_select(-1, tables.rotate), tables.sin_q)
-    keys = k.float().view(batch, -1, num_kv_heads, head_dim)  # (B, L, KVH, hd)
+    keys = k.float().reshape(batch, -1, num_kv_heads, head_dim)  # (B, L, KVH, hd)
     keys = torch.addcmul(keys * tables.cos_k, keys.index_select(-1, tables.rotate), tables.sin_k)
 
     # (B, KVH, R * G, hd) @ (B, KVH, hd, L): O(R * NH * L * hd), the only product over the sequence.
@@ -148,49 +159,6 @@ def _finish_rows(
     if not bool(present.all()):
         rows = rows * present[:, :, None, None, None]
     return rows, rows.sum(-1)
-
-
-def role_attention_rows(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    cos: torch.Tensor,
-    sin: torch.Tensor,
-    mask: torch.Tensor | None,
-    query_positions: torch.Tensor,
-    vision_positions: torch.Tensor,
-    heads: torch.Tensor | None,
-    head_dim: int,
-    scaling: float,
-    sliding_window: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Softmax attention rows of the role queries over the vision keys, for one layer.
-
-    Reproduces Qwen2's eager attention (RoPE, grouped KV heads, scaling, mask, float32 softmax) for the
-    R query rows only: O(R * L) work instead of O(L^2).
-
-    Args:
-        q: (B, L, NHall * hd) output of ``q_proj`` (no RoPE yet).
-        k: (B, L, KVH * hd) output of ``k_proj`` (no RoPE yet).
-        cos, sin: (B or 1, L, hd) RoPE tables the layer received.
-        mask: the mask the layer received: None (pure causal, SDPA / flash skip it when nothing is
-            padded), (B or 1, 1, L, L) bool (True = may attend) or additive float (eager), or
-            (B, L) key-padding mask (flash attention).
-        query_positions: long (B, R), sequence index of each role token, -1 where the role is absent.
-        vision_positions: long (B, N), sequence indices of the vision tokens.
-        heads: long (NH,), the query heads to return; None for all.
-        head_dim: hd.
-        scaling: the score scale (the module's ``scaling``, hd ** -0.5 for Qwen2).
-        sliding_window: the layer's sliding window, applied when the mask does not already hold it.
-
-    Returns:
-        rows: float32 (B, R, NH, N); vision_mass: float32 (B, R, NH).
-    """
-    tables = _shared_tables(
-        cos, sin, mask, query_positions, vision_positions, q.shape[-1] // head_dim, k.shape[-1] // head_dim,
-        head_dim, scaling, sliding_window,
-    )  # fmt: skip
-    rows, mass = _finish_rows(_layer_rows(q, k, tables, head_dim)[None], query_positions, heads)
-    return rows[:, :, 0], mass[:, :, 0]
 
 
 @functools.lru_cache(maxsize=8)
