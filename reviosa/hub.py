@@ -14,7 +14,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from reviosa.config import CONFIG_NAME, ReviosaConfig
+from reviosa.config import CONFIG_NAME, ReviosaConfig, SamConfig
 from reviosa.modeling import ReviosaModel, parameters_on_meta
 
 logger = logging.getLogger(__name__)
@@ -102,12 +102,27 @@ def from_pretrained(
     name_or_path: str | Path | None = None,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
+    format: str | None = None,
+    sam2: str | Path | None = None,
+    sam_config: SamConfig | None = None,
 ) -> ReviosaModel:
     """Load a ReVIOSa model strictly. Parameters are created on the meta device and replaced by
-    the checkpoint's tensors, so a real-size model is never initialised at random first."""
+    the checkpoint's tensors, so a real-size model is never initialised at random first.
+
+    ``format``: None detects the layout (our own, or a foreign one: "internvl", "sa2va",
+    "reviosa-ref"; see `reviosa.importers`), logging which it found. ``sam2`` (a Meta SAM2 .pt) and
+    ``sam_config`` only apply to foreign layouts.
+    """
     from transformers import AutoTokenizer
 
     directory = resolve(name_or_path)
+    if format != "reviosa":
+        from reviosa import importers
+
+        found = format or importers.detect_format(directory)
+        if found != "reviosa":
+            model = importers.load_foreign(directory, found, sam2=sam2, sam_config=sam_config)
+            return model.to(device=device, dtype=dtype).eval()
     config = ReviosaConfig.load(directory)
     weights = directory / WEIGHTS_NAME
     if not weights.is_file():
