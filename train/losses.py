@@ -1,0 +1,171 @@
+"""Training losses as pure functions (FACTS.md, "Attention mask loss"; paper Eq. 6-8).
+
+Every loss returns a **sum over batch rows** of per-row values; the trainer divides by the nominal
+number of rows of a micro-batch (batch size x expressions per clip). A sum over rows, rather than a
+mean over whichever rows happen to be valid, makes a micro-batch's loss additive: gradient
+accumulation and DDP (whose gradients are averaged over equal-sized shards) then give exactly the
+gradient of one large batch.
+
+Axis letters: B rows (one per expression), R roles (actor, target), F decoded frames, K keyframes,
+h/w SAM2 low-res mask size (S/4), g vision-token grid side, NL / NH supervised layers / heads,
+N supervised answer tokens, V vocabulary, D hidden size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, reduce
+
+DICE_SMOOTH = 1.0  # Sa2VA's DiceLoss adds 1 to numerator and denominator (no NaN on empty masks)
+
+
+def sigmoid_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-mask binary cross-entropy on logits, averaged over pixels.
+
+    logits, targets: float (..., h, w); targets in [0, 1]. Returns float (...).
+    """
+    ce = F.binary_cross_entropy_with_logits(logits.float(), targets.float(), reduction="none")
+    return reduce(ce, "... h w -> ...", "mean")
+
+
+def dice(logits: torch.Tensor, targets: torch.Tensor, smooth: float = DICE_SMOOTH) -> torch.Tensor:
+    """Per-mask soft Dice loss 1 - (2|p t| + s) / (|p| + |t| + s), p = sigmoid(logits).
+
+    logits, targets: float (..., h, w). Returns float (...): 0 for a perfect prediction (an empty
+    target predicted empty included), close to 1 for disjoint masks.
+    """
+    p = torch.sigmoid(logits.float())
+    t = targets.float()
+    inter = reduce(p * t, "... h w -> ...", "sum")
+    total = reduce(p, "... h w -> ...", "sum") + reduce(t, "... h w -> ...", "sum")
+    return 1.0 - (2.0 * inter + smooth) / (total + smooth)
+
+
+@dataclass
+class SegLoss:
+    """Segmentation loss terms, each a sum over rows of the per-row value (float scalars)."""
+
+    ce: torch.Tensor
+    dice: torch.Tensor
+
+    def total(self, ce_weight: float, dice_weight: float) -> torch.Tensor:
+        return ce_weight * self.ce + dice_weight * self.dice
+
+
+def seg_loss(mask_logits: torch.Tensor, masks: torch.Tensor, role_weight: torch.Tensor) -> SegLoss:
+    """Per-role sigmoid CE and Dice, summed over roles (paper Eq. 7), summed over rows.
+
+    mask_logits: float (B, R, F, h, w) SAM2 low-res logits.
+    masks: float (B, R, F, h, w) ground truth at the same size.
+    role_weight: float (B, R), 1 where the role is supervised: the actor always, the target only
+        for unidirectional expressions (bidirectional ones have no target, FACTS.md).
+    Each (row, role) term is the mean over its F frames.
+    """
+    ce = reduce(sigmoid_ce(mask_logits, masks), "b r f -> b r", "mean")
+    di = reduce(dice(mask_logits, masks), "b r f -> b r", "mean")
+    return SegLoss(ce=(ce * role_weight).sum(), dice=(di * role_weight).sum())
+
+
+def object_loss(
+    object_logits: torch.Tensor, present: torch.Tensor, role_weight: torch.Tensor
+) -> torch.Tensor:
+    """Object-presence BCE on SAM2's object score logits, summed over roles and rows.
+
+    SAM2 blanks every frame whose object logit is negative, so an untrained presence head erases
+    masks at inference time (models trained from scratch need this term; SAM2 checkpoints already
+    carry a trained head).
+
+    object_logits: float (B, R, F); present: float (B, R, F), 1 where the role's mask is non-empty;
+    role_weight: float (B, R). Each (row, role) term is the mean over frames.
+    """
+    bce = F.binary_cross_entropy_with_logits(object_logits.float(), present.float(), reduction="none")
+    return (reduce(bce, "b r f -> b r", "mean") * role_weight).sum()
+
+
+def grid_targets(masks: torch.Tensor, grid: int) -> torch.Tensor:
+    """Masks nearest-resized to the vision-token grid, per frame (FACTS.md: nearest to 16x16).
+
+    masks: bool or float (..., H, W) -> float (..., g, g).
+    """
+    lead = masks.shape[:-2]
+    flat = masks.float().reshape(-1, 1, *masks.shape[-2:])
+    small = F.interpolate(flat, size=(grid, grid), mode="nearest")
+    return small.reshape(*lead, grid, grid)
+
+
+def attention_mask_loss(rows: torch.Tensor, targets: torch.Tensor, role_weight: torch.Tensor) -> torch.Tensor:
+    """AML (paper Eq. 6): BCE between attention rows and role masks on the token grid.
+
+    Per (row, role, layer, head): the mean BCE over the K x g x g vision tokens of the raw softmax
+    probabilities (not renormalised over vision tokens) against the binary grid mask; then averaged
+    over the supervised layer-heads, summed over supervised roles, summed over rows.
+
+    rows: float (B, R, NL, NH, K, g, g), as ``reviosa.attention.AttentionRows.rows``; or the flat
+        (B, R, NL, NH, N) with N = K * g * g in InternVL's token order (frame-major, then row-major
+        (y, x) within a frame), which is unflattened here with that order spelled out.
+    targets: float (B, R, K, g, g): the role's mask on each keyframe, expression-major (row b holds
+        its own expression's masks; see `grid_targets`).
+    role_weight: float (B, R).
+    """
+    k, g = targets.shape[2], targets.shape[-1]
+    if rows.dim() == 5:
+        rows = rearrange(rows, "b r nl nh (k y x) -> b r nl nh k y x", k=k, y=g, x=g)
+    if rows.shape[-3:] != targets.shape[-3:] or rows.shape[:2] != targets.shape[:2]:
+        raise ValueError(f"attention rows {tuple(rows.shape)} do not match targets {tuple(targets.shape)}")
+    # Probabilities can round to exactly 0 or 1 in low precision; BCE clamps its log at -100 anyway.
+    probs = rows.float().clamp(0.0, 1.0)
+    gt = rearrange(targets.float(), "b r k y x -> b r 1 1 k y x").expand_as(probs)
+    bce = F.binary_cross_entropy(probs, gt, reduction="none")
+    per_head = reduce(bce, "b r nl nh k y x -> b r nl nh", "mean")
+    per_role = reduce(per_head, "b r nl nh -> b r", "mean")
+    return (per_role * role_weight).sum()
+
+
+def text_ce(logits: torch.Tensor, targets: torch.Tensor, row_of: torch.Tensor, rows: int) -> torch.Tensor:
+    """Next-token cross-entropy on the answer: mean over each row's answer tokens, summed over rows.
+
+    logits: float (N, V) at the supervised positions; targets: long (N,);
+    row_of: long (N,) the batch row of each position; rows: B.
+    Per-row means (rather than one mean over all tokens) keep the loss additive over rows.
+    """
+    ce = F.cross_entropy(logits.float(), targets, reduction="none")  # (N,)
+    sums = torch.zeros(rows, device=ce.device).index_add(0, row_of, ce)
+    counts = torch.zeros(rows, device=ce.device).index_add(0, row_of, torch.ones_like(ce))
+    return (sums / counts.clamp_min(1.0)).sum()
+
+
+def supervised_rows(labels: torch.Tensor) -> torch.Tensor:
+    """Row index of each supervised next-token position, in the order ``forward_train`` gathers them.
+
+    labels: long (B, L), -100 outside the answer. Returns long (N,).
+    """
+    return (labels[:, 1:] != -100).nonzero()[:, 0]
+
+
+def grounding_loss(
+    role_states: torch.Tensor,
+    vision_states: torch.Tensor,
+    targets: torch.Tensor,
+    role_weight: torch.Tensor,
+    scale: float = 10.0,
+) -> torch.Tensor:
+    """Auxiliary grounding of the role-token state (switch ``loss.grounding``; not in the paper).
+
+    The role state must single out its referent among the vision tokens: the cosine similarity of
+    the last-layer role state with each vision token's last-layer state, scaled and shifted so
+    that cos > 0.5 predicts "inside the mask", is trained with BCE against the grid masks. The
+    feasibility run (FACTS.md) found the role state carrying too little about the referent; this
+    term asks for exactly that, with no extra parameters.
+
+    role_states: float (B, R, D); vision_states: float (B, K, g, g, D); targets: float (B, R, K, g, g);
+    role_weight: float (B, R). Returns the sum over rows and roles of the mean BCE per (row, role).
+    """
+    s = F.normalize(role_states.float(), dim=-1)
+    v = F.normalize(vision_states.float(), dim=-1)
+    cos = torch.einsum("brd,bkyxd->brkyx", s, v)
+    logits = scale * (cos - 0.5)
+    bce = F.binary_cross_entropy_with_logits(logits, targets.float(), reduction="none")
+    return (reduce(bce, "b r k y x -> b r", "mean") * role_weight).sum()

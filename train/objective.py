@@ -1,0 +1,123 @@
+"""One teacher-forced forward pass and its losses, as a module (so that DDP can wrap it).
+
+total = L_seg + lambda_AML * L_AML + lambda_text * L_text (+ the optional terms), each term a sum
+over rows divided by the nominal rows of a micro-batch (see ``train.losses``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from reviosa.attention import vision_positions_from_ids
+from reviosa.modeling import ReviosaModel, TrainOutput
+from train import losses
+from train.config import LossConfig
+from train.data import Batch
+
+TERMS = ("mask_ce", "mask_dice", "aml", "text", "object", "grounding")
+
+
+def loss_terms(
+    out: TrainOutput, batch: Batch, cfg: LossConfig, vision_states: torch.Tensor | None
+) -> dict[str, torch.Tensor]:
+    """Unweighted loss terms, each a sum over rows (float scalars); terms with weight 0 are left out."""
+    weight = batch.role_weight
+    seg = losses.seg_loss(out.mask_logits, batch.masks, weight)
+    terms = {"mask_ce": seg.ce, "mask_dice": seg.dice}
+    if cfg.text:
+        rows = losses.supervised_rows(batch.labels)
+        terms["text"] = losses.text_ce(out.answer_logits, out.answer_targets, rows, batch.rows)
+    if cfg.aml:
+        terms["aml"] = losses.attention_mask_loss(out.attention.rows, batch.grids, weight)
+    if cfg.object:
+        terms["object"] = losses.object_loss(out.object_logits, batch.present, weight)
+    if cfg.grounding:
+        terms["grounding"] = losses.grounding_loss(
+            out.role_states, vision_states, batch.grids, weight, cfg.grounding_scale
+        )
+    return terms
+
+
+def weighted_total(terms: dict[str, torch.Tensor], cfg: LossConfig) -> torch.Tensor:
+    weights = {
+        "mask_ce": cfg.mask_ce, "mask_dice": cfg.mask_dice, "aml": cfg.aml, "text": cfg.text,
+        "object": cfg.object, "grounding": cfg.grounding,
+    }  # fmt: skip
+    return sum(weights[name] * value for name, value in terms.items())
+
+
+class TrainStep(nn.Module):
+    """Wraps the trained module (the model or its peft wrapper); ``forward(batch)`` returns the
+    loss to back-propagate and the detached per-row sums of each term (for logging)."""
+
+    def __init__(self, wrapper: nn.Module, loss: LossConfig, nominal_rows: int, bf16: bool):
+        super().__init__()
+        self.wrapper = wrapper
+        self.loss_cfg = loss
+        self.nominal_rows = nominal_rows
+        self.bf16 = bf16
+
+    @property
+    def model(self) -> ReviosaModel:
+        inner = self.wrapper
+        # peft's PeftModel -> LoraModel -> the ReviosaModel (LoRA layers injected in place).
+        while not isinstance(inner, ReviosaModel):
+            inner = inner.base_model.model if hasattr(inner, "base_model") else inner.model
+        return inner
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        model = self.model
+        sup = model.config.attention_supervision
+        capture = None
+        if self.loss_cfg.aml:
+            if sup is None:
+                raise ValueError(
+                    "loss.aml > 0 needs attention layer / heads (config 'attention' or select-heads)"
+                )
+            capture = {"layers": [sup.layer], "heads": list(sup.heads)}
+        mllm_pixels, sam_pixels = batch.row_pixels()
+        use_bf16 = self.bf16 and batch.input_ids.device.type == "cuda"
+        with (
+            torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16),
+            self._last_hidden(model, enabled=bool(self.loss_cfg.grounding)) as hidden,
+        ):
+            out = model.forward_train(
+                batch.input_ids, batch.attention_mask, batch.labels, mllm_pixels, sam_pixels, capture=capture
+            )
+        vision = None
+        if self.loss_cfg.grounding:
+            vision = _vision_states(hidden["last"], batch.input_ids, model)
+        terms = loss_terms(out, batch, self.loss_cfg, vision)
+        total = weighted_total(terms, self.loss_cfg) / self.nominal_rows
+        return total, {k: v.detach() for k, v in terms.items()}
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _last_hidden(model: ReviosaModel, enabled: bool) -> Iterator[dict]:
+        """Catch the language model's last hidden states (B, L, D) for the grounding term."""
+        holder: dict = {}
+        if not enabled:
+            yield holder
+            return
+
+        def hook(_module, _inputs, output):
+            holder["last"] = output.last_hidden_state
+
+        handle = model.language_model.register_forward_hook(hook)
+        try:
+            yield holder
+        finally:
+            handle.remove()
+
+
+def _vision_states(hidden: torch.Tensor, input_ids: torch.Tensor, model: ReviosaModel) -> torch.Tensor:
+    """Last-layer states of the vision tokens: (B, L, D) -> (B, K, g, g, D)."""
+    g = model.config.grid
+    positions = vision_positions_from_ids(input_ids, model.processor.ids.img_context, g)  # (B, N)
+    states = hidden.gather(1, positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))  # (B, N, D)
+    return rearrange(states, "b (k y x) d -> b k y x d", y=g, x=g)
