@@ -127,7 +127,7 @@ def load_foreign(
     if name not in FORMATS:
         raise ValueError(f"unknown format {name!r}; choose one of {list(FORMAT_NAMES)}")
     fmt = FORMATS[name]
-    logger.info("%s: %s checkpoint (%s)%s", directory, name, fmt.description, "" if format else ", detected")
+    logger.info("%s: found a %s checkpoint (%s)", directory, name, fmt.description)
 
     mapped = _map(fmt.keymap, sources.read_tensors(sources.weight_files(directory)), str(directory))
     state, source = dict(mapped.state), dict(mapped.source)
