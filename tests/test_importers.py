@@ -7,6 +7,7 @@ and a foreign config.json in the remote-code InternVL layout.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -16,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from reviosa import importers
-from reviosa.config import SamConfig, preset, tiny_config
+from reviosa.config import ReviosaConfig, SamConfig, preset, tiny_config
 from reviosa.hub import CheckpointError, from_pretrained
 from reviosa.importers import keymaps, sources
 from reviosa.importers.vocab import EMBED, LM_HEAD, rename_tokens
@@ -39,13 +40,13 @@ class NotATensor:
 # --- fixture builders --------------------------------------------------------------------------------
 
 
-def foreign_config(model: ReviosaModel, model_type: str) -> dict:
+def foreign_config(config: ReviosaConfig, model_type: str) -> dict:
     """config.json in the remote-code InternVL layout (fields as in OpenGVLab/InternVL2_5-1B)."""
-    v, t = model.config.vision, model.config.text
+    v, t = config.vision, config.text
     return {
         "architectures": ["InternVLChatModel"],
         "model_type": model_type,
-        "downsample_ratio": model.config.downsample_ratio,
+        "downsample_ratio": config.downsample_ratio,
         "force_image_size": v.image_size,
         "select_layer": -1,
         "ps_version": "v2",
@@ -86,7 +87,7 @@ def write_foreign(model: ReviosaModel, fmt: str, directory: Path, shards: int = 
             save_file(part, str(directory / name))
             weight_map.update(dict.fromkeys(part, name))
         (directory / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
-    (directory / "config.json").write_text(json.dumps(foreign_config(model, MODEL_TYPES[fmt])))
+    (directory / "config.json").write_text(json.dumps(foreign_config(model.config, MODEL_TYPES[fmt])))
     rename_tokens(model.tokenizer, TOKEN_NAMES[fmt]).save_pretrained(str(directory))
     return directory
 
@@ -347,6 +348,23 @@ def test_sam2_version_and_size_from_keys(config_name):
     assert sources.sam_config_from_keys(keys).config_name == config_name
     prefixed = [f"grounding_encoder.sam2_model.{k}" for k in keys]
     assert sources.sam_config_from_keys(prefixed, "grounding_encoder.sam2_model.").config_name == config_name
+
+
+@pytest.mark.parametrize("name", ["1b", "4b"])
+def test_config_derived_from_real_internvl_fields(name):
+    reference = preset(name)
+    raw = foreign_config(reference, "internvl_chat")
+    derived = sources.derive_config(sources.ForeignConfig(raw), 151676, SamConfig(), "reviosa", "x")
+    assert derived.vision == reference.vision
+    assert derived.text == dataclasses.replace(reference.text, vocab_size=151676)
+    assert derived.name == f"reviosa-{name}"
+    assert derived.attention_supervision == reference.attention_supervision
+    raw["llm_config"]["rope_scaling"] = {"type": "yarn", "factor": 4.0}
+    with pytest.raises(CheckpointError, match="rope_scaling"):
+        sources.derive_config(sources.ForeignConfig(raw), 151676, SamConfig(), "reviosa", "x")
+    raw["llm_config"]["architectures"] = ["InternLM2ForCausalLM"]
+    with pytest.raises(CheckpointError, match="InternLM2ForCausalLM is not supported"):
+        sources.derive_config(sources.ForeignConfig(raw), 151676, SamConfig(), "reviosa", "x")
 
 
 # Published sizes: InternVL2_5-1B 938M and InternVL2_5-4B 3.71B parameters (Hugging Face model pages,
