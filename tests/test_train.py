@@ -1,0 +1,409 @@
+"""Training: losses by hand, AML reshape order, data items, resume, DDP, LoRA, export, select-heads."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+from einops import rearrange
+
+from train import losses
+from train.config import TrainConfig, apply_overrides, load_config
+
+# --- losses ----------------------------------------------------------------------------------------
+
+
+def test_sigmoid_ce_by_hand():
+    logits = torch.tensor([[[0.0, 2.0], [-1.0, 0.0]]])  # (1, 2, 2)
+    targets = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
+    sp = lambda x: math.log1p(math.exp(x))  # noqa: E731 (softplus)
+    expected = (sp(-0.0) + sp(2.0) + sp(-1.0) + sp(-0.0)) / 4  # BCE(l, 1) = sp(-l), BCE(l, 0) = sp(l)
+    assert losses.sigmoid_ce(logits, targets).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_dice_by_hand():
+    mask = torch.tensor([[1.0, 1.0], [0.0, 0.0]])
+    sure = (mask * 2 - 1) * 100  # logits whose sigmoid is the mask
+    assert losses.dice(sure, mask).item() == pytest.approx(0.0, abs=1e-6)  # identical masks
+    empty = torch.zeros(2, 2)
+    assert losses.dice(torch.full((2, 2), -100.0), empty).item() == pytest.approx(0.0, abs=1e-6)
+    # disjoint: p = [1, 0], t = [0, 1] -> 1 - (0 + 1) / (1 + 1 + 1)
+    p, t = torch.tensor([[100.0, -100.0]]), torch.tensor([[0.0, 1.0]])
+    assert losses.dice(p, t).item() == pytest.approx(2 / 3, rel=1e-6)
+    # sigmoid(0) = 0.5 everywhere, t = [1, 0]: |pt| = 0.5, |p| = 1, |t| = 1 -> 1 - (1 + 1) / (2 + 1)
+    assert losses.dice(torch.zeros(1, 2), torch.tensor([[1.0, 0.0]])).item() == pytest.approx(1 / 3)
+
+
+def test_seg_loss_target_term_only_where_weighted():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 2, 3, 4, 4, requires_grad=True)  # (B, R, F, h, w)
+    masks = (torch.rand(2, 2, 3, 4, 4) > 0.5).float()
+    weight = torch.tensor([[1.0, 1.0], [1.0, 0.0]])  # row 1: no target (not unidirectional)
+    seg = losses.seg_loss(logits, masks, weight)
+    seg.total(2.0, 0.5).backward()
+    assert logits.grad[1, 1].abs().sum() == 0  # the unsupervised target gets no gradient
+    assert logits.grad[0, 1].abs().sum() > 0
+    per = [
+        losses.sigmoid_ce(logits[b, r], masks[b, r]).mean() for b, r in [(0, 0), (0, 1), (1, 0)]
+    ]  # rows summed, roles summed, frames averaged
+    assert seg.ce.item() == pytest.approx(sum(p.item() for p in per), rel=1e-6)
+
+
+def test_text_ce_is_mean_per_row_summed():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
+    targets = torch.tensor([0, 0, 1])
+    rows = torch.tensor([0, 0, 1])
+    ce = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+    expected = (ce[0] + ce[1]) / 2 + ce[2]
+    assert losses.text_ce(logits, targets, rows, 2).item() == pytest.approx(expected.item(), rel=1e-6)
+    labels = torch.tensor([[-100, -100, 5, 6], [-100, -100, -100, 7]])
+    assert losses.supervised_rows(labels).tolist() == [0, 0, 1]
+
+
+def _aml_loop(flat_rows: torch.Tensor, targets: torch.Tensor, g: int) -> float:
+    """AML by explicit loops; vision token n of frame k at (y, x) is n = k*g*g + y*g + x."""
+    b_n, r_n, nl, nh, _ = flat_rows.shape
+    k_n = targets.shape[2]
+    total = 0.0
+    for b in range(b_n):
+        for r in range(r_n):
+            heads = []
+            for li in range(nl):
+                for h in range(nh):
+                    terms = []
+                    for k in range(k_n):
+                        for y in range(g):
+                            for x in range(g):
+                                p = flat_rows[b, r, li, h, k * g * g + y * g + x].item()
+                                t = targets[b, r, k, y, x].item()
+                                terms.append(-(t * math.log(p) + (1 - t) * math.log(1 - p)))
+                    heads.append(sum(terms) / len(terms))
+            total += sum(heads) / len(heads)
+    return total
+
+
+def test_attention_mask_loss_reshape_order():
+    """Rows are frame-major, then (y, x); targets expression-major. A frame-major stack of the masks
+    reshaped as if expression-major (the reference's defect) must give another value."""
+    torch.manual_seed(0)
+    e, k, g = 2, 3, 2
+    flat = torch.softmax(torch.randn(e, 1, 2, 2, k * g * g), -1) * 0.9  # (B, R, NL, NH, N)
+    # Per expression, per frame: distinct masks, so any mix-up of axes changes the loss.
+    truth = torch.zeros(e, k, g, g)
+    truth[0, 0, 0, 0] = truth[0, 1, 0, 1] = truth[0, 2, 1, 0] = 1
+    truth[1, 0, 1, 1] = truth[1, 1, :, 0] = truth[1, 2, 0, :] = 1
+    frame_major = torch.stack([truth[:, kk] for kk in range(k)])  # (K, E, g, g): how masks arrive per frame
+    right = rearrange(frame_major, "k e y x -> e k y x")[:, None]  # (E, R=1, K, g, g)
+    wrong = frame_major.reshape(e, k, g, g)[:, None]
+    weight = torch.ones(e, 1)
+    expected = _aml_loop(flat, right, g)
+    assert losses.attention_mask_loss(flat, right, weight).item() == pytest.approx(expected, rel=1e-5)
+    rows7 = rearrange(flat, "b r nl nh (k y x) -> b r nl nh k y x", k=k, y=g)
+    assert losses.attention_mask_loss(rows7, right, weight).item() == pytest.approx(expected, rel=1e-5)
+    assert abs(losses.attention_mask_loss(flat, wrong, weight).item() - expected) > 1e-3
+    # A transposed grid (x, y) is wrong too.
+    swapped = rearrange(right, "b r k y x -> b r k x y")
+    assert abs(losses.attention_mask_loss(flat, swapped, weight).item() - expected) > 1e-3
+
+
+def test_attention_mask_loss_skips_unweighted_roles():
+    rows = torch.full((1, 2, 1, 1, 1, 2, 2), 0.1)
+    targets = torch.ones(1, 2, 1, 2, 2)
+    only_actor = losses.attention_mask_loss(rows, targets, torch.tensor([[1.0, 0.0]]))
+    assert only_actor.item() == pytest.approx(-math.log(0.1), rel=1e-6)
+
+
+def test_grid_targets_nearest():
+    mask = torch.zeros(8, 8, dtype=torch.bool)
+    mask[:4, 4:] = True  # top-right quarter
+    grid = losses.grid_targets(mask, 2)
+    assert grid.tolist() == [[0.0, 1.0], [0.0, 0.0]]
+
+
+# --- data ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def synth_root(tmp_path_factory):
+    from reviosa.data.synth import generate_split
+
+    root = tmp_path_factory.mktemp("synth")
+    generate_split(root, "train", 4, seed=0, size=64, frames=(6, 8))
+    generate_split(root, "val", 1, seed=0, size=64, frames=(6, 8))
+    return root
+
+
+def tiny_cfg(root, *sets: str) -> TrainConfig:
+    base = [f"data.root={root}", "data.split=train", "log.progress=false", "log.tensorboard=false"]
+    return load_config("tiny", [*base, *sets])
+
+
+@pytest.fixture(scope="module")
+def tiny_parts(synth_root, tmp_path_factory):
+    """A tiny model, its processor and the clip dataset (built once)."""
+    from reviosa.data import InterRVOSDataset
+    from train.data import ClipDataset
+    from train.loop import _corpus
+    from train.model import build_model
+
+    cfg = tiny_cfg(synth_root)
+    data = InterRVOSDataset(synth_root, "train")
+    model = build_model(cfg, _corpus(data), tmp_path_factory.mktemp("run"))
+    return cfg, model, ClipDataset(data, model.processor, model.config, cfg.data, cfg.seed)
+
+
+def test_clip_items_answers_masks_and_order(tiny_parts):
+    from train.data import ACTOR_AND_TARGET, ACTOR_ONLY, collate, grid_masks
+
+    cfg, model, ds = tiny_parts
+    proc = model.processor
+    items = [ds[(0, i)] for i in range(len(ds))]
+    assert len(items) == len(ds) and sum(len(it.keys) for it in items) == len(ds.dataset)
+    for item in items[:6]:
+        assert item.mllm_pixels.shape[0] == model.config.processor.num_keyframes
+        assert item.sam_pixels.shape[0] == cfg.data.sam_frames
+        assert set(item.sam_frames) <= set(item.keyframes)  # keyframes first
+        for e, (video, exp) in enumerate(item.keys):
+            sample = ds.dataset.sample(video, exp)
+            answer = ACTOR_AND_TARGET if sample.caption_type == "unidirectional" else ACTOR_ONLY
+            labels = [t for t in item.labels[e] if t != -100]
+            assert labels == proc.answer_ids(answer)
+            assert item.role_weight[e].tolist() == [1.0, float(sample.caption_type == "unidirectional")]
+            # grids hold this expression's own masks on its keyframes (expression-major)
+            expected = grid_masks(sample.actor_masks(item.keyframes), model.config.grid)
+            assert torch.equal(item.grids[e, 0], expected)
+            if sample.has_target:
+                assert torch.equal(item.grids[e, 1], grid_masks(sample.target_masks(item.keyframes), 4))
+    again = ds[(0, 3)]
+    assert again.keyframes == items[3].keyframes and torch.equal(again.masks, items[3].masks)
+    batch = collate(items[:2], proc.ids.pad)
+    assert batch.rows == len(items[0].keys) + len(items[1].keys)
+    mllm, sam = batch.row_pixels()
+    assert mllm.shape[0] == batch.rows * model.config.processor.num_keyframes
+    assert torch.equal(sam[-1], items[1].sam_pixels)
+
+
+def test_schedule_shards_global_batches():
+    from train.data import Schedule
+
+    one = Schedule(items_per_epoch=20, batch_size=4, accumulation=1, world=1, seed=0)
+    two = Schedule(items_per_epoch=20, batch_size=2, accumulation=1, world=2, seed=0)
+    for step in range(7):  # crosses an epoch boundary (5 steps per epoch)
+        (whole,) = one.micro_batches(step, 0)
+        halves = [next(iter(two.micro_batches(step, r))) for r in range(2)]
+        assert whole == halves[0] + halves[1]
+
+
+# --- optimisation ------------------------------------------------------------------------------------
+
+
+def test_few_steps_decrease_loss_on_one_batch(tiny_parts):
+    from train.data import collate
+    from train.model import prepare_trainables
+    from train.objective import TrainStep
+
+    cfg, model, ds = tiny_parts
+    torch.manual_seed(0)
+    batch = collate([ds[(0, 0)], ds[(0, 1)]], model.processor.ids.pad)
+    import copy
+
+    prepared = prepare_trainables(copy.deepcopy(model), cfg)
+    step = TrainStep(prepared.wrapper, cfg.loss, nominal_rows=4, bf16=False)
+    opt = torch.optim.AdamW([p for p in prepared.wrapper.parameters() if p.requires_grad], lr=1e-3)
+    history = []
+    for _ in range(8):
+        loss, _terms = step(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        history.append(loss.item())
+    assert history[-1] < 0.7 * history[0]
+
+
+def _losses(run_dir) -> dict[int, float]:
+    lines = (run_dir / "log.jsonl").read_text().splitlines()
+    return {r["step"]: r["loss"] for r in map(json.loads, lines) if "loss" in r}
+
+
+def test_resume_reproduces_losses(synth_root, tmp_path):
+    from train.loop import Trainer, latest_checkpoint
+
+    sets = ["optim.max_steps=6", "checkpoint.every=3", "checkpoint.keep=1"]
+    straight = tmp_path / "straight"
+    Trainer(tiny_cfg(synth_root, *sets), straight).fit(stop_after=6)
+
+    killed = tmp_path / "killed"
+    Trainer(tiny_cfg(synth_root, *sets), killed).fit(stop_after=4)  # checkpoint at 3, then "killed" at 4
+    # A checkpoint the kill interrupted half-way is a temporary folder: it must be ignored.
+    (killed / "checkpoints" / ".step_000006.tmp").mkdir()
+    assert latest_checkpoint(killed).name == "step_000004"
+    # Resume from step 3 (the periodic checkpoint), as a kill right after it would.
+    (killed / "checkpoints" / "latest").write_text("step_000003")
+    Trainer(tiny_cfg(synth_root, *sets), killed, resume=True).fit(stop_after=6)
+
+    a, b = _losses(straight), _losses(killed)
+    assert sorted(b) == [1, 2, 3, 4, 5, 6]  # step 4's first record was dropped, then recomputed
+    for s in range(1, 7):
+        assert b[s] == pytest.approx(a[s], abs=1e-6, rel=1e-6)
+
+
+def test_lr_schedule_warmup_and_cosine():
+    from train.loop import lr_factor
+
+    total = 100
+    assert lr_factor(0, total, 0.05, "cosine", 0.0) == pytest.approx(0.2)
+    assert lr_factor(4, total, 0.05, "cosine", 0.0) == pytest.approx(1.0)
+    assert lr_factor(5, total, 0.05, "cosine", 0.0) == pytest.approx(1.0)
+    assert lr_factor(99, total, 0.05, "cosine", 0.1) == pytest.approx(0.1, abs=1e-3)
+
+
+# --- DDP --------------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, root: str, run_dir: str, sets: list[str]) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+    )
+    torch.set_num_threads(1)
+    from train.loop import Trainer
+
+    try:
+        Trainer(tiny_cfg(root, *sets), run_dir).fit(stop_after=3)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def _final_state(run_dir) -> dict[str, torch.Tensor]:
+    from train.loop import latest_checkpoint
+
+    return torch.load(latest_checkpoint(run_dir) / "state.pt", weights_only=False)["model"]
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_match_one(synth_root, tmp_path):
+    import torch.multiprocessing as mp
+
+    common = ["optim.max_steps=3", "checkpoint.every=3"]
+    single = tmp_path / "single"
+    Trainer = pytest.importorskip("train.loop").Trainer
+    Trainer(tiny_cfg(synth_root, *common, "optim.batch_size=2"), single).fit(stop_after=3)
+    ddp = tmp_path / "ddp"
+    mp.spawn(
+        _ddp_worker,
+        args=(2, _free_port(), str(synth_root), str(ddp), [*common, "optim.batch_size=1"]),
+        nprocs=2,
+        join=True,
+    )
+    # Same global batch of 2 clips; the per-micro-batch normalisation uses batch_size x E, so one
+    # process with batch 2 and two with batch 1 each compute the same averaged gradient.
+    a, b = _final_state(single), _final_state(ddp)
+    assert set(a) == set(b)
+    worst = max((a[k].float() - b[k].float()).abs().max().item() for k in a if a[k].is_floating_point())
+    assert worst < 1e-5
+    la, lb = _losses(single), _losses(ddp)
+    for s in la:
+        assert lb[s] == pytest.approx(la[s], rel=1e-5, abs=1e-6)
+
+
+# --- what trains, export ---------------------------------------------------------------------------
+
+
+def test_lora_trains_only_what_it_should(tiny_parts):
+    import copy
+
+    from train.model import group_of, prepare_trainables
+
+    cfg, model, _ = tiny_parts
+    cfg = apply_overrides(cfg, ["trainables.train_all=false", "trainables.lora={r: 4, alpha: 8}"])
+    prepared = prepare_trainables(copy.deepcopy(model), cfg)
+    trained = {n for n, p in prepared.wrapper.named_parameters() if p.requires_grad}
+    groups = {group_of(n) for n in trained}
+    assert groups == {"lora", "embeddings", "lm_head", "prompt_mlp", "sam_decoder"}
+    assert all("language_model" in n for n in trained if "lora_" in n)  # never the vision tower
+    assert any("mlp.down_proj.lora_A" in n for n in trained)  # all LLM projections, as Sa2VA
+    frozen = {n for n, p in prepared.wrapper.named_parameters() if not p.requires_grad}
+    assert any("vision_tower" in n for n in frozen) and not any("vision_tower" in n for n in trained)
+    assert any("sam.image_encoder" in n for n in frozen) and not any("image_encoder" in n for n in trained)
+    # Only the role tokens' embedding rows train (peft's trainable tokens), not the whole table.
+    (delta,) = [p for n, p in prepared.wrapper.named_parameters() if "trainable_tokens_delta" in n]
+    assert delta.shape[0] == 2
+
+
+def test_export_merges_lora_and_reloads(synth_root, tmp_path):
+    from reviosa.hub import from_pretrained
+    from train.data import collate
+    from train.loop import Trainer, export_run, load_run
+
+    sets = [
+        "optim.max_steps=2",
+        "trainables.train_all=false",
+        "trainables.lora={r: 4, alpha: 8, dropout: 0.0}",
+    ]
+    sets += ["optim.lr=0.01"]
+    run = tmp_path / "run"
+    trainer = Trainer(tiny_cfg(synth_root, *sets), run)
+    trainer.fit(stop_after=2)
+    lora_b = [p for n, p in trainer.prepared.wrapper.named_parameters() if "lora_B" in n]
+    assert any(p.abs().sum() > 0 for p in lora_b)  # LoRA moved away from its zero init
+
+    prepared = load_run(run)  # unmerged, as trained
+    out = export_run(run, tmp_path / "model")
+    merged = from_pretrained(out)
+    batch = collate([trainer.dataset[(0, 0)]], merged.processor.ids.pad)
+    mllm, sam = batch.row_pixels()
+    args = (batch.input_ids, batch.attention_mask, batch.labels, mllm, sam)
+    prepared.model.eval()
+    with torch.no_grad():
+        a = prepared.model.forward_train(*args)
+        b = merged.forward_train(*args)
+    torch.testing.assert_close(b.answer_logits, a.answer_logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(b.mask_logits, a.mask_logits, atol=1e-4, rtol=1e-4)
+    assert not any("lora" in k for k in merged.state_dict())
+
+
+# --- config ------------------------------------------------------------------------------------------
+
+
+def test_config_file_preset_and_overrides(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text("preset: synth-cpu\noptim:\n  lr: 0.002\nloss:\n  grounding: 0.5\n")
+    cfg = load_config(str(path), ["attention.heads=[1, 3]", "data.two_tokens=false"])
+    assert cfg.optim.lr == 0.002 and cfg.optim.batch_size == 4  # the rest from the preset
+    assert cfg.loss.grounding == 0.5 and cfg.attention.heads == (1, 3) and cfg.data.two_tokens is False
+    cfg.save(tmp_path / "saved.json")
+    assert TrainConfig.from_dict(json.loads((tmp_path / "saved.json").read_text())) == cfg
+    with pytest.raises(ValueError, match="lrr"):
+        apply_overrides(cfg, ["optim.lrr=1"])
+
+
+def test_paper_presets_match_reference():
+    cfg = load_config("paper-1b")
+    o = cfg.optim
+    assert (o.lr, o.weight_decay, o.betas, o.warmup_ratio, o.grad_clip) == (
+        4e-5,
+        0.05,
+        (0.9, 0.999),
+        0.05,
+        1.0,
+    )
+    assert (o.batch_size, o.accumulation, o.epochs) == (2, 4, 10.0)
+    assert (cfg.loss.mask_ce, cfg.loss.mask_dice, cfg.loss.aml, cfg.loss.text) == (2.0, 0.5, 1.0, 1.0)
+    assert (cfg.trainables.lora.r, cfg.trainables.lora.alpha, cfg.trainables.lora.dropout) == (128, 256, 0.05)
+    assert cfg.attention.layer == 22 and cfg.attention.heads == (5, 7, 10, 11)
+    assert load_config("paper-4b").attention.heads == (13, 12, 14, 6)
+    assert np.isclose(cfg.data.expressions_per_clip, 5) and cfg.data.sam_frames == 4
