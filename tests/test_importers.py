@@ -369,6 +369,8 @@ def test_config_derived_from_real_internvl_fields(name):
 
 # Published sizes: InternVL2_5-1B 938M and InternVL2_5-4B 3.71B parameters (Hugging Face model pages,
 # safetensors "Model size"); SAM 2 / 2.1 Hiera-L 224.4M (facebookresearch/sam2 README, "Size (M)").
+# Cross-check by parts: InternViT-300M 304.0M + projector (4.5M / 12.6M) + untied embeddings and lm_head
+# (2 x 151674 x D) + Qwen2.5 non-embedding parameters (0.36B for 0.5B, 2.77B for 3B, Qwen2.5 model cards).
 @pytest.mark.parametrize(("name", "mllm_params"), [("1b", 938e6), ("4b", 3.71e9)])
 def test_real_presets_match_published_parameter_counts(tiny_tokenizer, name, mllm_params):
     with parameters_on_meta():
