@@ -1,0 +1,302 @@
+"""ReVIOSa Studio: segment the actor (pink) and target (blue) of an interaction in a video, and see
+where the [SEG_ACT] / [SEG_TAR] tokens look.
+
+    python app.py                         # http://127.0.0.1:7860 with the built-in model
+    python app.py --model org/name --port 7861 --max-frames 600
+
+The same file runs as a Hugging Face Space (``app_file: app.py``). The work is in ``studio/``
+(service: load, check, segment, render; views: attention pictures); this file is the layout and
+the callbacks. Per-user state is a `RunResult` in ``gr.State``; the model is shared read-only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+
+import gradio as gr
+import numpy as np
+import torch
+
+from studio import views
+from studio.examples import EXAMPLES_DIR, ensure_synthetic, list_examples
+from studio.limits import Limits, add_limit_arguments, limits_from_args
+from studio.service import (
+    KEYFRAME_STRATEGIES,
+    MAX_KEYFRAMES,
+    ModelRegistry,
+    RunOptions,
+    UserError,
+    run_request,
+)
+from viz.overlay import ACTOR_COLOR, TARGET_COLOR
+
+logger = logging.getLogger("reviosa.studio")
+
+MODEL_DEFAULT = "model default"
+VIDEO_TYPES = [".mp4", ".webm", ".mov", ".avi", ".gif", ".mkv"]
+
+
+def _gpu(fn):
+    """On a ZeroGPU Space, ``spaces.GPU`` attaches a GPU for the call; elsewhere the function as is."""
+    try:
+        import spaces
+    except ImportError:
+        return fn
+    return spaces.GPU(duration=120)(fn)
+
+
+def _hex(rgb: tuple[int, int, int]) -> str:
+    return "#{:02x}{:02x}{:02x}".format(*rgb)
+
+
+class Studio:
+    """The callbacks, bound to one model registry and one set of limits (no module-level state)."""
+
+    def __init__(self, registry: ModelRegistry, limits: Limits):
+        self.registry = registry
+        self.limits = limits
+        self.segment = _gpu(self.segment)
+
+    # --- run ------------------------------------------------------------------------------------------
+
+    def segment(
+        self, previous, video, expression, model_name, keyframes, strategy, stride, max_frames, max_side,
+        progress=gr.Progress(),  # noqa: B008 (Gradio finds progress trackers by this default)
+    ):  # fmt: skip
+        """Run one request. Returns the new state and the Result tab's outputs."""
+        options = RunOptions(
+            keyframes=int(keyframes) or None,
+            keyframe_strategy=None if strategy in (None, MODEL_DEFAULT) else strategy,
+            stride=int(stride or 1),
+            max_frames=int(max_frames) if max_frames else None,
+            max_side=int(max_side) if max_side else None,
+        )
+        name = model_name if self.limits.allow_model_choice else None
+        try:
+            loaded = self.registry.get(name)
+            result = run_request(
+                loaded, video, expression, options, self.limits, lambda f, d: progress(f, desc=d)
+            )
+        except UserError as err:
+            raise gr.Error(str(err), title="Cannot run this request", print_exception=False) from err
+        except torch.OutOfMemoryError as err:
+            raise gr.Error(
+                "The server ran out of memory on this clip. Lower the frame cap or the resolution "
+                "cap under Advanced, or trim the clip."
+            ) from err
+        except Exception as err:  # keep serving: log the details, tell the user something useful
+            logger.exception("request failed")
+            raise gr.Error(
+                f"Something went wrong on the server ({type(err).__name__}); it has been logged. "
+                "Try again, or try another clip."
+            ) from err
+        _discard(previous)
+        return (
+            result,
+            str(result.overlay_mp4),
+            gr.Slider(minimum=0, maximum=max(1, result.num_frames - 1), value=0, step=1, interactive=True),
+            str(result.frame_paths[0]),
+            result.token_spans,
+            views.summary_markdown(result),
+            result.downloads,
+        )
+
+    def show_frame(self, result, t):
+        if result is None:
+            return None
+        t = int(np.clip(int(t or 0), 0, len(result.frame_paths) - 1))
+        return str(result.frame_paths[t])
+
+    # --- attention tab ------------------------------------------------------------------------------
+
+    def attention_controls(self, result):
+        """Reset the pickers to what this run captured (supervised layer by default)."""
+        view = None if result is None else result.attention
+        if view is None:
+            return gr.Dropdown(), gr.Dropdown(), gr.Slider()
+        layers, default = views.layer_choices(view)
+        return (
+            gr.Dropdown(choices=layers, value=default),
+            gr.Dropdown(choices=views.head_choices(view), value=views.ALL),
+            gr.Slider(minimum=0, maximum=max(1, len(view.keyframes) - 1), value=0, step=1),
+        )
+
+    def draw_attention(self, result, role, layer, head, keyframe):
+        view = None if result is None else result.attention
+        try:
+            pics = views.attention_pictures(view, role, layer, head, int(keyframe or 0))
+        except ValueError as err:  # a stale pick from an earlier run
+            raise gr.Error(f"{err}. Pick another layer or head.", print_exception=False) from err
+        return pics.grid, pics.strip, pics.layer_chart, pics.head_chart, pics.note
+
+
+def _discard(previous) -> None:
+    """Remove the previous run's folder: Gradio has already copied what it served into its cache."""
+    if previous is not None:
+        shutil.rmtree(previous.out_dir, ignore_errors=True)
+
+
+# --- layout --------------------------------------------------------------------------------------------
+
+INTRO = """# ReVIOSa Studio
+Segment the **actor** (<span style="color:{actor}">■ pink</span>) and the **target**
+(<span style="color:{target}">■ blue</span>) of an interaction, e.g. *"person walking a dog"*, and see
+where the model's `[SEG_ACT]` / `[SEG_TAR]` tokens look. Upload a clip or pick an example, then press
+**Segment**."""
+
+
+def build_demo(studio: Studio, examples_dir=EXAMPLES_DIR) -> gr.Blocks:
+    limits = studio.limits
+    with gr.Blocks(title="ReVIOSa Studio", delete_cache=(3600, 3600)) as demo:
+        state = gr.State(None, delete_callback=_discard)
+        gr.Markdown(INTRO.format(actor=_hex(ACTOR_COLOR), target=_hex(TARGET_COLOR)))
+        with gr.Row():
+            with gr.Column(scale=2):
+                inputs = _input_panel(studio)
+            with gr.Column(scale=3), gr.Tabs():
+                with gr.Tab("Result"):
+                    result_out = _result_panel()
+                with gr.Tab("Attention"):
+                    attn = _attention_panel()
+        _examples_panel(inputs, examples_dir)
+
+        run = inputs["run"].click(
+            studio.segment,
+            [state, inputs["video"], inputs["expression"], inputs["model"], *inputs["advanced"]],
+            [state, *result_out["outputs"]],
+            api_name="segment",
+            concurrency_id="model",
+        )
+        attn_inputs = [state, attn["role"], attn["layer"], attn["head"], attn["keyframe"]]
+        attn_outputs = attn["outputs"]
+        controls = [attn["layer"], attn["head"], attn["keyframe"]]
+        run.success(studio.attention_controls, [state], controls, api_visibility="private").success(
+            studio.draw_attention, attn_inputs, attn_outputs, api_visibility="private"
+        )
+        result_out["slider"].input(
+            studio.show_frame, [state, result_out["slider"]], [result_out["frame"]], api_name="frame"
+        )
+        # One endpoint serves all four pickers and API clients.
+        gr.on(
+            [attn[name].input for name in ("role", "layer", "head", "keyframe")],
+            studio.draw_attention, attn_inputs, attn_outputs, api_name="attention",
+        )  # fmt: skip
+    demo.queue(default_concurrency_limit=limits.concurrency, max_size=64)
+    return demo
+
+
+def _input_panel(studio: Studio) -> dict:
+    limits = studio.limits
+    video = gr.Video(label="Clip (mp4, webm, mov, avi, gif)", sources=["upload"], elem_id="clip")
+    expression = gr.Textbox(
+        label="Expression", placeholder="person walking a dog", max_lines=2, elem_id="expression",
+        info=f"Who does what to whom; at most {limits.max_expression_chars} characters.",
+    )  # fmt: skip
+    model = gr.Textbox(
+        label="Model", value=studio.registry.default, interactive=limits.allow_model_choice,
+        info="'builtin', a local model folder, or a Hugging Face hub id (org/name). Loaded once, then shared.",
+    )  # fmt: skip
+    with gr.Accordion("Advanced", open=False):
+        keyframes = gr.Slider(0, MAX_KEYFRAMES, value=0, step=1, label="Keyframes (0 = the model's default)")
+        strategy = gr.Radio([MODEL_DEFAULT, *KEYFRAME_STRATEGIES], value=MODEL_DEFAULT,
+                            label="How keyframes are chosen", info="uniform: spread over the clip; first: frames 0..K-1")  # fmt: skip
+        stride = gr.Slider(1, 16, value=1, step=1, label="Frame stride", info="keep every n-th frame")
+        max_frames = gr.Slider(8, limits.max_frames, value=limits.max_frames, step=1, label="Frame cap",
+                               info="longer clips are strided to fit")  # fmt: skip
+        max_side = gr.Slider(64, limits.max_side, value=limits.max_side, step=2, label="Resolution cap (px)",
+                             info="frames are downscaled so the longer side fits")  # fmt: skip
+    run = gr.Button("Segment", variant="primary", elem_id="run")
+    return {"video": video, "expression": expression, "model": model, "run": run,
+            "advanced": [keyframes, strategy, stride, max_frames, max_side]}  # fmt: skip
+
+
+def _result_panel() -> dict:
+    video = gr.Video(label="Overlay", interactive=False, elem_id="overlay")
+    slider = gr.Slider(0, 1, value=0, step=1, label="Frame", interactive=False, elem_id="frame-slider")
+    frame = gr.Image(label="Overlay at this frame", interactive=False, elem_id="frame")
+    answer = gr.HighlightedText(
+        label="Answer (the tokens the model emitted; role tokens coloured)", elem_id="answer",
+        color_map={"actor": _hex(ACTOR_COLOR), "target": _hex(TARGET_COLOR)}, show_legend=True,
+    )  # fmt: skip
+    summary = gr.Markdown(elem_id="summary")
+    downloads = gr.File(
+        label="Downloads: overlay mp4, masks zip (PNG per frame), RLE JSON", file_count="multiple"
+    )
+    return {"slider": slider, "frame": frame, "outputs": [video, slider, frame, answer, summary, downloads]}
+
+
+def _attention_panel() -> dict:
+    with gr.Row():
+        role = gr.Radio(list(views.ROLE_NAMES), value="actor", label="Role")
+        layer = gr.Dropdown([views.ALL], value=views.ALL, label="Layer")
+        head = gr.Dropdown([views.ALL], value=views.ALL, label="Head")
+        keyframe = gr.Slider(0, 1, value=0, step=1, label="Keyframe")
+    note = gr.Markdown()
+    grid = gr.Image(
+        label="Heatmaps: layers x heads on one keyframe", interactive=False, elem_id="heatmap-grid"
+    )
+    strip = gr.Image(label="Across the keyframes", interactive=False)
+    with gr.Row():
+        layer_chart = gr.Image(label="Figure 6(a): attention to vision tokens per layer", interactive=False)
+        head_chart = gr.Image(label="Figure 6(b): per head", interactive=False)
+    return {"role": role, "layer": layer, "head": head, "keyframe": keyframe,
+            "outputs": [grid, strip, layer_chart, head_chart, note]}  # fmt: skip
+
+
+def _examples_panel(inputs: dict, examples_dir) -> None:
+    rows = list_examples(examples_dir)
+    fields = [inputs["video"], inputs["expression"]]
+    for real, label in ((False, "Examples: synthetic clips (the built-in model handles these)"),
+                        (True, "Examples: real clips (need real weights, e.g. ReVIOSa-1B)")):  # fmt: skip
+        chosen = [r for r in rows if r.needs_real_weights == real]
+        if chosen:
+            gr.Examples(
+                [[str(r.path), r.expression] for r in chosen], fields, label=label,
+                example_labels=[r.label for r in chosen], cache_examples=False,
+            )  # fmt: skip
+
+
+# --- entry points ---------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="ReVIOSa Studio (Gradio app)")
+    # Spaces set GRADIO_SERVER_NAME=0.0.0.0; an explicit server_name would override it.
+    p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+                   help="0.0.0.0 to serve other machines")  # fmt: skip
+    p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+    p.add_argument("--model", default="builtin", help="default model: 'builtin', a folder, or a hub id")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--share", action="store_true", help="also serve on a temporary public gradio.live link")
+    add_limit_arguments(p)
+    return p.parse_args(argv)
+
+
+def create(args: argparse.Namespace) -> gr.Blocks:
+    limits = limits_from_args(args)
+    registry = ModelRegistry(args.model, args.device, getattr(torch, args.dtype), limits.max_models)
+    ensure_synthetic(EXAMPLES_DIR)
+    return build_demo(Studio(registry, limits))
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    args = parse_args(argv)
+    demo = create(args)
+    limits = limits_from_args(args)
+    demo.launch(
+        server_name=args.host, server_port=args.port, share=args.share,
+        max_file_size=limits.max_upload_bytes, show_error=True,
+    )  # fmt: skip
+
+
+# `gradio app.py` (reload mode) imports this module and looks for `demo`; building it loads no model
+# (models load on the first request), so importing stays cheap. Run as a script, main() builds it.
+demo = None if __name__ == "__main__" else create(parse_args([]))
+
+if __name__ == "__main__":
+    main()
