@@ -407,3 +407,81 @@ def test_paper_presets_match_reference():
     assert cfg.attention.layer == 22 and cfg.attention.heads == (5, 7, 10, 11)
     assert load_config("paper-4b").attention.heads == (13, 12, 14, 6)
     assert np.isclose(cfg.data.expressions_per_clip, 5) and cfg.data.sam_frames == 4
+
+
+# --- layer-head selection --------------------------------------------------------------------------
+
+
+def test_pick_top_layer_then_heads():
+    from train.select_heads import pick
+
+    mass = np.array([[0.1, 0.2, 0.3, 0.1], [0.5, 0.1, 0.4, 0.3], [0.9, 0.0, 0.0, 0.0]])
+    assert pick(mass, 2) == (1, [0, 2])  # layer 2 has the top head but not the top mean
+
+
+def _craft_vision_head(model, layer: int, head: int, strength: float = 4.0) -> None:
+    """Make one head of one layer attend to the vision tokens from every query.
+
+    Every vision token's embedding becomes the same vector v (the projector outputs its bias); the
+    head's key reads v's direction and its query is a constant, both on the lowest RoPE frequency
+    so that position hardly rotates them: vision keys score high, text keys near zero.
+    """
+    proj = model.mllm.model.multi_modal_projector.linear_2
+    attn = model.language_model.layers[layer].self_attn
+    d, hd = model.config.text.hidden_size, attn.head_dim
+    group = attn.q_proj.out_features // attn.k_proj.out_features
+    slot = hd // 2 - 1  # rotate_half pairs slot with slot + hd/2: the lowest frequency
+    with torch.no_grad():
+        v = torch.randn(d)
+        proj.weight.zero_()
+        proj.bias.copy_(v)
+        attn.k_proj.weight[(head // group) * hd + slot] = strength * v / v.norm()
+        attn.q_proj.weight[head * hd + slot] = 0.0
+        attn.q_proj.bias[head * hd + slot] = strength
+
+
+def test_select_heads_command_finds_crafted_head(tiny_parts, synth_root, tmp_path):
+    import copy
+
+    from reviosa.hub import save_pretrained
+    from train.__main__ import main
+
+    _, model, _ = tiny_parts
+    crafted = copy.deepcopy(model)
+    _craft_vision_head(crafted, layer=0, head=3)
+    model_dir = save_pretrained(crafted, tmp_path / "model")
+    out = tmp_path / "sel"
+    code = main(
+        ["select-heads", "--model", str(model_dir), "--data", str(synth_root), "--split", "train",
+         "--samples", "6", "--top-k", "2", "--config", "tiny", "--out", str(out)]
+    )  # fmt: skip
+    assert code == 0
+    selection = json.loads((out / "selection.json").read_text())
+    assert selection["layer"] == 0 and selection["heads"][0] == 3
+    assert selection["head_mass"][0][3] > 0.9  # the crafted head looks almost only at the video
+    cfg = load_config(str(out / "train_config.json"))
+    assert cfg.attention.layer == 0 and cfg.attention.heads[0] == 3
+    assert (out / "figure6a_layers.png").stat().st_size > 0 and (out / "figure6b_heads.png").is_file()
+
+
+# --- command line ------------------------------------------------------------------------------------
+
+
+def test_cli_fit_eval_export(synth_root, tmp_path):
+    from reviosa.hub import from_pretrained
+    from train.__main__ import main
+
+    run = tmp_path / "run"
+    sets = [f"data.root={synth_root}", "optim.max_steps=2", "eval.at_end=true", "eval.clips=1"]
+    sets += ["log.progress=false"]
+    assert main(["fit", "--config", "tiny", *sum((["--set", s] for s in sets), []), "--out", str(run)]) == 0
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [1, 2]
+    (evaluation,) = [r["eval"] for r in records if "eval" in r]
+    assert {"actor_JF", "rvos_JF", "token_accuracy"} <= set(evaluation)
+    assert any(p.name.startswith("events") for p in (run / "tb").iterdir())
+    assert from_pretrained(run / "model").config.name == "reviosa-tiny"
+    # A second fit into the same folder without --resume would mix two runs.
+    assert main(["fit", "--config", "tiny", "--out", str(run)]) == 2
+    assert main(["export", str(run), "--out", str(tmp_path / "again")]) == 0
+    assert (tmp_path / "again" / "model.safetensors").is_file()
