@@ -323,6 +323,19 @@ class InterRVOSDataset:
             return f"{SUBJECT_OBJECT}.anno_id.subject"
         return self.rvos_field
 
+    def gt_tracks(self, sample: Sample, ids: tuple[str, ...], role: str) -> list[list]:
+        """Ground truth of a role ("actor", "target", "rvos") as one RLE track (T RLE-or-None) per id:
+        what the evaluation ships to its worker processes instead of dense masks."""
+        field_name = {
+            "actor": self.actor_field(sample),
+            "target": f"{SUBJECT_OBJECT}.anno_id.object",
+            "rvos": self.rvos_field,
+        }[role]
+        if isinstance(self.masks, _RleMasks):
+            return [self.masks.track(sample, i, field_name) for i in ids]
+        every = list(range(sample.num_frames))
+        return [rle.encode_track(self.masks.union(sample, (i,), field_name, every)) for i in ids]
+
     # ------------------------------------------------------------------ parsing
 
     def _expressions(self, video_id: str) -> list[str]:
