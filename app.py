@@ -55,9 +55,11 @@ def _hex(rgb: tuple[int, int, int]) -> str:
 class Studio:
     """The callbacks, bound to one model registry and one set of limits (no module-level state)."""
 
-    def __init__(self, registry: ModelRegistry, limits: Limits):
+    def __init__(self, registry: ModelRegistry, limits: Limits, forced_answer: str | None = None):
         self.registry = registry
         self.limits = limits
+        # Tests only (never set by the UI or the CLI): make tiny random models emit the role tokens.
+        self.forced_answer = forced_answer
         self.segment = _gpu(self.segment)
 
     # --- run ------------------------------------------------------------------------------------------
@@ -78,8 +80,9 @@ class Studio:
         try:
             loaded = self.registry.get(name)
             result = run_request(
-                loaded, video, expression, options, self.limits, lambda f, d: progress(f, desc=d)
-            )
+                loaded, video, expression, options, self.limits, lambda f, d: progress(f, desc=d),
+                logits_processor=self._forcing(loaded),
+            )  # fmt: skip
         except UserError as err:
             raise gr.Error(str(err), title="Cannot run this request", print_exception=False) from err
         except torch.OutOfMemoryError as err:
@@ -103,6 +106,13 @@ class Studio:
             views.summary_markdown(result),
             result.downloads,
         )
+
+    def _forcing(self, loaded):
+        if self.forced_answer is None:
+            return None
+        from reviosa.generation import force_answers
+
+        return force_answers(loaded.model, [self.forced_answer])
 
     def show_frame(self, result, t):
         if result is None:

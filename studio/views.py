@@ -144,7 +144,7 @@ def _attention_note(view: AttentionView, role: str, k: int, layer: int, heads: l
 
 def summary_markdown(result: RunResult) -> str:
     """What happened, in a few lines: model, outcome, tracks, notices, timings."""
-    lines = []
+    lines = [f"Expression: *{_escape(result.expression)}*"]
     if result.demo_model:
         lines.append(f"⚠️ **{result.model_label}**")
     else:
@@ -157,7 +157,7 @@ def summary_markdown(result: RunResult) -> str:
         )
         lines.append(f"Actor (pink) in {result.actor_frames}/{result.num_frames} frames; {target}.")
     else:
-        lines.append(f"**Nothing was segmented:** {result.reason}.")
+        lines.append(f"**Nothing was segmented:** {_escape(result.reason or '')}.")
     h, w = result.size
     lines.append(f"{result.num_frames} frames at {w}x{h}, {result.fps:.3g} fps.")
     lines += [f"ℹ️ {notice}" for notice in result.notices]
@@ -167,3 +167,8 @@ def summary_markdown(result: RunResult) -> str:
         f"rendering {t.get('rendering', 0):.1f} s."
     )
     return "\n\n".join(lines)
+
+
+def _escape(text: str) -> str:
+    """User text shown inside Markdown: markup characters are shown, not interpreted."""
+    return "".join("\\" + ch if ch in "\\`*_{}[]()#+-.!<>|~" else ch for ch in text)

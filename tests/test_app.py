@@ -1,0 +1,322 @@
+"""The studio: service and callbacks called directly, then the app served on 127.0.0.1 and driven with
+gradio_client (8 clients at once; every bad input answered with an error, and the app keeps serving).
+
+The model is the tiny one of ``conftest.answering_model_dir`` (taught to answer "Sure, [SEG_ACT] and
+[SEG_TAR].", so both mask paths and both attention roles run); clips are 8 frames at 64 px.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pytest
+from conftest import encode_mp4
+
+from studio.examples import EXAMPLES_DIR, REAL, SYNTHETIC, ensure_synthetic, list_examples
+from studio.limits import Limits
+from studio.service import ModelRegistry, RunOptions, UserError, model_view, run_request
+
+EXPRESSION = "red circle pushing the blue square"
+# The tiny model's greedy answer depends on the frames; forcing it makes both roles run on any clip.
+BOTH_ROLES = "Sure, [SEG_ACT] and [SEG_TAR]."
+
+
+def _no_progress(*_args, **_kwargs):
+    pass
+
+
+def _push_frames(num_frames: int = 8, size: int = 64) -> np.ndarray:
+    """uint8 (T, size, size, 3): a red disc pushing a blue square to the right."""
+    yy, xx = np.mgrid[:size, :size]
+    frames = np.full((num_frames, size, size, 3), 90, dtype=np.uint8)
+    for t in range(num_frames):
+        frames[t][(yy - 32) ** 2 + (xx - 12 - 3 * t) ** 2 < 64] = (220, 40, 40)
+        frames[t][(abs(yy - 32) < 7) & (abs(xx - 28 - 3 * t) < 7)] = (40, 70, 220)
+    return frames
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    """8 frames, 64x64."""
+    path = tmp_path_factory.mktemp("clips") / "push.mp4"
+    encode_mp4(path, _push_frames())
+    return path
+
+
+@pytest.fixture(scope="module")
+def clips_of_lengths(tmp_path_factory) -> dict[int, Path]:
+    """Clips of 5..12 frames: a result whose frame count matches its clip is that client's own."""
+    folder = tmp_path_factory.mktemp("lengths")
+    paths = {}
+    for n in range(5, 13):
+        paths[n] = folder / f"push{n}.mp4"
+        encode_mp4(paths[n], _push_frames(n))
+    return paths
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("bad")
+    corrupt = folder / "corrupt.mp4"
+    corrupt.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    text = folder / "notes.mp4"
+    text.write_text("this is a text file renamed to .mp4\n" * 20)
+    return {"corrupt": corrupt, "text": text}
+
+
+@pytest.fixture(scope="module")
+def broken_model_dir(tmp_path_factory, answering_model_dir) -> Path:
+    """A copy of the answering model whose safetensors file is cut in half."""
+    folder = tmp_path_factory.mktemp("broken") / "model"
+    shutil.copytree(answering_model_dir, folder)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    return folder
+
+
+@pytest.fixture(scope="module")
+def studio(answering_model_dir):
+    from app import Studio
+
+    return Studio(ModelRegistry(str(answering_model_dir)), Limits(), forced_answer=BOTH_ROLES)
+
+
+def _segment(studio, clip, expression=EXPRESSION, model="", keyframes=0, strategy="model default", **caps):
+    return studio.segment(
+        None, None if clip is None else str(clip), expression, model, keyframes, strategy,
+        caps.get("stride", 1), caps.get("max_frames", 300), caps.get("max_side", 640), progress=_no_progress,
+    )  # fmt: skip
+
+
+# --- limits and examples ---------------------------------------------------------------------------------
+
+
+def test_limits_from_env_then_flags():
+    env = {"REVIOSA_MAX_FRAMES": "120", "REVIOSA_ALLOW_MODEL_CHOICE": "no", "REVIOSA_MAX_SIDE": "480"}
+    limits = Limits.from_env(env, max_side=320)
+    assert (limits.max_frames, limits.allow_model_choice, limits.max_side) == (120, False, 320)
+    with pytest.raises(ValueError, match="REVIOSA_MAX_FRAMES"):
+        Limits.from_env({"REVIOSA_MAX_FRAMES": "many"})
+    with pytest.raises(ValueError, match="positive"):
+        Limits(max_frames=0)
+
+
+def test_cli_flags_reach_the_limits():
+    from app import parse_args
+    from studio.limits import limits_from_args
+
+    args = parse_args(
+        ["--model", "some/model", "--max-frames", "50", "--allow-model-choice", "no", "--port", "9"]
+    )
+    limits = limits_from_args(args)
+    assert (args.model, args.port, limits.max_frames, limits.allow_model_choice) == (
+        "some/model",
+        9,
+        50,
+        False,
+    )
+
+
+def test_examples_are_committed_small_and_regenerated(tmp_path):
+    rows = list_examples(EXAMPLES_DIR)
+    assert {r.path.name for r in rows} == {c.file for c in SYNTHETIC + REAL}
+    assert all(r.path.stat().st_size < 1_000_000 for r in rows)
+    assert {r.needs_real_weights for r in rows if r.path.name in {c.file for c in REAL}} == {True}
+    assert "needs real weights" in next(r.label for r in rows if r.needs_real_weights)
+    assert (EXAMPLES_DIR / "ATTRIBUTION.md").read_text().count("Blender Foundation") == 1
+    paths = ensure_synthetic(tmp_path)  # missing clips are generated on first run
+    from reviosa.video import VideoFile
+
+    assert all(VideoFile(p).num_frames >= 24 for p in paths)
+
+
+# --- service and callbacks ---------------------------------------------------------------------------
+
+
+def test_segment_callback_outputs(studio, clip):
+    state, overlay, slider, frame, spans, summary, downloads = _segment(studio, clip)
+    assert Path(overlay).is_file() and Path(frame).is_file()
+    assert slider.maximum == 7
+    assert ("[SEG_ACT]", "actor") in spans and ("[SEG_TAR]", "target") in spans
+    assert EXPRESSION in summary.replace("\\", "") and "Actor (pink)" in summary
+    names = sorted(Path(p).name for p in downloads)
+    assert names == ["masks.zip", "overlay.mp4", "results.json"]
+    with zipfile.ZipFile(state.masks_zip) as archive:
+        members = archive.namelist()
+    assert len([m for m in members if m.startswith("actor/")]) == 8
+    assert len([m for m in members if m.startswith("target/")]) == 8
+    entry = json.loads(state.results_json.read_text())["videos"]["push"]["0"]
+    assert len(entry["actor"]) == 8 and len(entry["target"]) == 8 and "[SEG_ACT]" in entry["answer"]
+    from viz.video import read_mp4
+
+    frames, _fps = read_mp4(overlay)
+    assert frames.shape == (8, 64, 64, 3)
+    assert studio.show_frame(state, 5) == str(state.frame_paths[5])
+    assert studio.show_frame(state, 99) == str(state.frame_paths[-1])
+
+
+def test_attention_tab_uses_the_rows_of_the_run(studio, clip):
+    state = _segment(studio, clip)[0]
+    view = state.attention
+    assert view.rows.shape[:3] == (2, 2, 4) and view.keyframe_images.shape[0] == len(view.keyframes)
+    layer, head, keyframe = studio.attention_controls(state)
+    assert layer.value == "1" and head.value == "all"  # the tiny preset supervises layer 1
+    for role in ("actor", "target"):
+        grid, strip, layer_chart, head_chart, note = studio.draw_attention(state, role, "all", "all", 1)
+        assert grid.ndim == 3 and strip.ndim == 3 and layer_chart.ndim == 3 and head_chart.ndim == 3
+        assert role in note
+    one = studio.draw_attention(state, "actor", "1", "0", 0)[0]
+    assert one.shape[1] < grid.shape[1]  # one tile instead of 2 x 4
+    with pytest.raises(gr.Error, match="not captured"):
+        studio.draw_attention(state, "actor", "7", "all", 0)
+    assert studio.draw_attention(None, "actor", "all", "all", 0)[-1].startswith("Run a clip first")
+
+
+def test_keyframe_settings_do_not_touch_the_shared_model(studio, clip):
+    loaded = studio.registry.get(None)
+    before = (loaded.model.config.processor.num_keyframes, loaded.model.config.processor.keyframe_strategy)
+    state = _segment(studio, clip, keyframes=3, strategy="first")[0]
+    assert state.attention.keyframes == [0, 1, 2]
+    assert (
+        loaded.model.config.processor.num_keyframes,
+        loaded.model.config.processor.keyframe_strategy,
+    ) == before
+    view = model_view(loaded.model, RunOptions(keyframes=3))
+    assert view.mllm is loaded.model.mllm and view.config is not loaded.model.config
+
+
+def test_long_and_large_clips_are_reduced_with_a_notice(studio, clip):
+    state, *_rest, summary, _downloads = _segment(studio, clip, max_frames=4, max_side=32)
+    assert state.num_frames == 4 and state.size == (32, 32)
+    assert "1 frame in every 2" in summary and "downscaled from 64x64 to 32x32" in summary
+
+
+def test_duration_cap_refuses_with_a_reason(answering_model_dir, clip):
+    loaded = ModelRegistry(str(answering_model_dir)).get()
+    with pytest.raises(UserError, match="Trim the clip"):
+        run_request(loaded, clip, EXPRESSION, RunOptions(), Limits(max_duration_s=0.1))
+
+
+def test_service_forced_answer_gives_both_tracks(answering_model_dir, clip):
+    from reviosa.generation import force_answers
+
+    loaded = ModelRegistry(str(answering_model_dir)).get()
+    actor_only = force_answers(loaded.model, ["Sure, [SEG_ACT]."])
+    result = run_request(loaded, clip, EXPRESSION, RunOptions(), Limits(), logits_processor=actor_only)
+    assert result.status == "ok" and result.target_frames is None
+    assert result.attention.roles_present == (True, False)
+
+
+def test_untrained_demo_model_shows_no_seg_token(monkeypatch, tmp_path, clip):
+    monkeypatch.setattr("reviosa.hub.BUILTIN_DIR", tmp_path / "not-installed")
+    from app import Studio
+
+    demo = Studio(ModelRegistry("builtin"), Limits())
+    state, overlay, _slider, _frame, _spans, summary, _downloads = _segment(demo, clip)
+    assert state.demo_model and "untrained demo weights" in summary
+    assert state.status == "no_seg_token" and "Nothing was segmented" in summary
+    assert Path(overlay).is_file()
+    assert "no [SEG_ACT]" in demo.draw_attention(state, "actor", "all", "all", 0)[-1]
+
+
+BAD_REQUESTS = {
+    # name: (which clip, expression, model, words the error must contain)
+    "corrupt mp4": ("corrupt", EXPRESSION, "", "upload an mp4"),
+    "text renamed .mp4": ("text", EXPRESSION, "", "upload an mp4"),
+    "no clip": (None, EXPRESSION, "", "Upload a clip"),
+    "empty expression": ("good", "   ", "", "expression is empty"),
+    "10,000-char expression": ("good", "a" * 10_000, "", "Shorten it"),
+    "broken checkpoint": ("good", EXPRESSION, "broken", "Re-download it"),
+    "missing model folder": ("good", EXPRESSION, "/nonexistent/model", "could not be loaded"),
+}
+
+
+def _bad_args(name, clip, bad_files, broken_model_dir):
+    which, expression, model, _words = BAD_REQUESTS[name]
+    video = {"good": clip, None: None}.get(which, bad_files.get(which))
+    return video, expression, str(broken_model_dir) if model == "broken" else model
+
+
+@pytest.mark.parametrize("name", list(BAD_REQUESTS))
+def test_bad_input_gives_a_clear_error(name, studio, clip, bad_files, broken_model_dir):
+    video, expression, model = _bad_args(name, clip, bad_files, broken_model_dir)
+    with pytest.raises(gr.Error, match=BAD_REQUESTS[name][3]):
+        _segment(studio, video, expression, model)
+
+
+# --- the served app ------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(answering_model_dir):
+    from app import Studio, build_demo
+
+    studio = Studio(ModelRegistry(str(answering_model_dir)), Limits(concurrency=2), forced_answer=BOTH_ROLES)
+    demo = build_demo(studio)
+    _app, url, _share = demo.launch(
+        server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True
+    )
+    yield url
+    demo.close()
+
+
+def _client_segment(url, video, expression, model=""):
+    from gradio_client import Client, handle_file
+
+    client = Client(url, verbose=False)
+    upload = None if video is None else handle_file(str(video))
+    return client, client.predict(
+        upload, expression, model, 0, "model default", 1, 300, 640, api_name="/segment"
+    )
+
+
+def test_client_gets_result_and_attention(server, clip):
+    client, (overlay, slider, frame, spans, summary, downloads) = _client_segment(server, clip, EXPRESSION)
+    assert Path(overlay).is_file() and Path(frame).is_file() and len(downloads) == 3
+    assert slider["maximum"] == 7
+    assert any(s["class_or_confidence"] == "target" for s in spans)
+    # The attention endpoint reads the rows kept in this client's session state: no second pass.
+    grid, strip, layer_chart, head_chart, note = client.predict(
+        "target", "all", "all", 0, api_name="/attention"
+    )
+    assert Path(grid).is_file() and Path(layer_chart).is_file() and "target" in note
+
+
+def test_eight_clients_at_once_each_get_their_own_result(server, clips_of_lengths):
+    from viz.video import read_mp4
+
+    jobs = [(n, path, f"{EXPRESSION} number {n}") for n, path in clips_of_lengths.items()]
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        results = list(pool.map(lambda job: _client_segment(server, job[1], job[2])[1], jobs))
+    for (n, _path, expression), (overlay, slider, _frame, _spans, summary, downloads) in zip(
+        jobs, results, strict=True
+    ):
+        assert expression in summary.replace("\\", "")
+        assert slider["maximum"] == n - 1 and len(read_mp4(overlay)[0]) == n
+        entry = json.loads(Path(next(d for d in downloads if d.endswith(".json"))).read_text())["videos"]
+        assert list(entry) == [f"push{n}"]
+    assert len({r[0] for r in results}) == len(jobs)  # distinct overlay files
+
+
+def test_each_bad_input_errors_then_a_good_request_works(server, clip, bad_files, broken_model_dir):
+    from gradio_client.exceptions import AppError
+
+    for name, (*_rest, words) in BAD_REQUESTS.items():
+        video, expression, model = _bad_args(name, clip, bad_files, broken_model_dir)
+        with pytest.raises(AppError, match=words):
+            _client_segment(server, video, expression, model)
+    _client, (overlay, *_rest) = _client_segment(server, clip, EXPRESSION)
+    assert Path(overlay).is_file()
