@@ -205,10 +205,17 @@ class ReviosaModel(nn.Module):
 
     # --- MLLM ------------------------------------------------------------------------------------
 
-    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None) -> torch.Tensor:
+    def embed(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor | None,
+        image_index: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Token embeddings with the vision features scattered into the <IMG_CONTEXT> slots.
 
         input_ids: long (B, L); pixel_values: float (N_img, 3, S, S) in prompt order, or None.
+        image_index: optional long (N_slots,): the encoded image that fills each image block, in
+            prompt order (several prompts showing the same frames encode them once).
         Returns float (B, L, D).
         """
         embeds = self.mllm.get_input_embeddings()(input_ids)
@@ -219,6 +226,8 @@ class ReviosaModel(nn.Module):
             vision_feature_layer=self.mllm.config.vision_feature_layer,
             vision_feature_select_strategy=self.mllm.config.vision_feature_select_strategy,
         ).pooler_output  # (N_img, g*g, D)
+        if image_index is not None:
+            feats = feats[image_index.to(feats.device)]  # (N_slots, g*g, D)
         slots = input_ids == self.processor.ids.img_context
         if int(slots.sum()) != feats.shape[0] * feats.shape[1]:
             raise ValueError(
@@ -480,6 +489,7 @@ class ReviosaModel(nn.Module):
         mllm_pixels: torch.Tensor,
         sam_pixels: torch.Tensor,
         capture: dict | None = None,
+        clip_index: torch.Tensor | None = None,
     ) -> TrainOutput:
         """Teacher-forced forward for the losses.
 
@@ -488,8 +498,15 @@ class ReviosaModel(nn.Module):
         mllm_pixels: float (B*K, 3, S, S), sample-major, K keyframes each.
         sam_pixels: float (B, F, 3, S_sam, S_sam): the frames to decode for the mask losses.
         capture: None, or kwargs for AttentionCapture (``layers``, ``heads``) to capture rows.
+        clip_index: optional long (B,): rows are expressions of C clips, row b showing clip
+            clip_index[b]; then mllm_pixels is (C*K, 3, S, S) and sam_pixels (C, F, 3, S_sam, S_sam),
+            and both encoders run once per clip instead of once per row (same outputs).
         """
-        embeds = self.embed(input_ids, mllm_pixels)
+        image_index = None
+        if clip_index is not None:
+            k = mllm_pixels.shape[0] // sam_pixels.shape[0]
+            image_index = (clip_index[:, None] * k + torch.arange(k, device=clip_index.device)).flatten()
+        embeds = self.embed(input_ids, mllm_pixels, image_index)
         ids = self.processor.ids
         present = torch.stack([(input_ids == ids.seg_act).any(1), (input_ids == ids.seg_tar).any(1)], 1)
         positions = torch.stack(
@@ -506,7 +523,7 @@ class ReviosaModel(nn.Module):
         supervised = shift_labels != -100
         answer_logits = self.mllm.lm_head(hidden[:, :-1][supervised])
         role_prompts = self.prompts_from_states(hidden, positions)  # (B, R, P)
-        mask_logits, object_logits = self.decode_frames(sam_pixels, role_prompts)
+        mask_logits, object_logits = self.decode_frames(sam_pixels, role_prompts, clip_index)
         states = torch.gather(
             hidden, 1, positions.clamp(min=0).unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
         )
@@ -535,18 +552,26 @@ class ReviosaModel(nn.Module):
         return capture
 
     def decode_frames(
-        self, sam_pixels: torch.Tensor, prompts: torch.Tensor
+        self, sam_pixels: torch.Tensor, prompts: torch.Tensor, clip_index: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode each frame independently from each role prompt (no memory).
 
-        sam_pixels: (B, F, 3, S, S); prompts: (B, R, P).
+        sam_pixels: (B, F, 3, S, S); prompts: (B, R, P). With clip_index (B,), sam_pixels is
+        (C, F, 3, S, S) and row b decodes the frames of clip clip_index[b] (encoded once per clip).
         Returns mask logits (B, R, F, S/4, S/4) and object logits (B, R, F).
         """
-        b, f = sam_pixels.shape[:2]
-        r = prompts.shape[1]
+        f = sam_pixels.shape[1]
+        b, r = prompts.shape[:2]
         encoder_trains = any(p.requires_grad for p in self.sam.image_encoder.parameters())
         with torch.set_grad_enabled(encoder_trains and torch.is_grad_enabled()):
-            feats = sam_ops.encode_images(self.sam, sam_pixels.flatten(0, 1))  # batch B*F
+            feats = sam_ops.encode_images(self.sam, sam_pixels.flatten(0, 1))  # batch B*F (or C*F)
+        if clip_index is not None:
+            frame_index = (clip_index[:, None] * f + torch.arange(f, device=clip_index.device)).flatten()
+            feats = sam_ops.FrameFeatures(
+                [x[:, frame_index] for x in feats.vision_feats],
+                [x[:, frame_index] for x in feats.vision_pos],
+                feats.feat_sizes,
+            )  # batch B*F
         # Repeat each frame's features for each role: SAM2 batch order (B, F, R).
         feats = sam_ops.FrameFeatures(
             [x.repeat_interleave(r, dim=1) for x in feats.vision_feats],

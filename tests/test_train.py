@@ -188,6 +188,23 @@ def test_clip_items_answers_masks_and_order(tiny_parts):
     assert torch.equal(sam[-1], items[1].sam_pixels)
 
 
+def test_clip_shared_encoders_match_per_row_pixels(tiny_parts):
+    from train.data import collate
+
+    _, model, ds = tiny_parts
+    batch = collate([ds[(0, 0)], ds[(0, 1)]], model.processor.ids.pad)
+    args = (batch.input_ids, batch.attention_mask, batch.labels)
+    capture = {"layers": [1], "heads": [0, 1]}
+    with torch.no_grad():
+        per_row = model.forward_train(*args, *batch.row_pixels(), capture=capture)
+        shared = model.forward_train(
+            *args, batch.mllm_pixels, batch.sam_pixels, capture=capture, clip_index=batch.clip_of
+        )
+    torch.testing.assert_close(shared.mask_logits, per_row.mask_logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(shared.answer_logits, per_row.answer_logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(shared.attention.rows, per_row.attention.rows, atol=1e-6, rtol=1e-5)
+
+
 def test_schedule_shards_global_batches():
     from train.data import Schedule
 
@@ -303,11 +320,14 @@ def test_ddp_two_processes_match_one(synth_root, tmp_path):
     Trainer = pytest.importorskip("train.loop").Trainer
     Trainer(tiny_cfg(synth_root, *common, "optim.batch_size=2"), single).fit(stop_after=3)
     ddp = tmp_path / "ddp"
-    mp.spawn(
+    # fork: the children inherit the imported modules (spawning re-imports torch, transformers and
+    # sam2 in each, several seconds on a shared CPU).
+    mp.start_processes(
         _ddp_worker,
         args=(2, _free_port(), str(synth_root), str(ddp), [*common, "optim.batch_size=1"]),
         nprocs=2,
         join=True,
+        start_method="fork",
     )
     # Same global batch of 2 clips; the per-micro-batch normalisation uses batch_size x E, so one
     # process with batch 2 and two with batch 1 each compute the same averaged gradient.

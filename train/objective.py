@@ -80,14 +80,20 @@ class TrainStep(nn.Module):
                     "loss.aml > 0 needs attention layer / heads (config 'attention' or select-heads)"
                 )
             capture = {"layers": [sup.layer], "heads": list(sup.heads)}
-        mllm_pixels, sam_pixels = batch.row_pixels()
         use_bf16 = self.bf16 and batch.input_ids.device.type == "cuda"
         with (
             torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16),
             self._last_hidden(model, enabled=bool(self.loss_cfg.grounding)) as hidden,
         ):
+            # Pixels per clip, encoded once for all of the clip's expressions (clip_index).
             out = model.forward_train(
-                batch.input_ids, batch.attention_mask, batch.labels, mllm_pixels, sam_pixels, capture=capture
+                batch.input_ids,
+                batch.attention_mask,
+                batch.labels,
+                batch.mllm_pixels,
+                batch.sam_pixels,
+                capture=capture,
+                clip_index=batch.clip_of,
             )
         vision = None
         if self.loss_cfg.grounding:
