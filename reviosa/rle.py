@@ -5,6 +5,8 @@ RLE dicts are JSON-ready: ``{"size": [h, w], "counts": str}`` (compressed COCO c
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from pycocotools import mask as mask_utils
 
@@ -34,7 +36,11 @@ def decode(rle: dict | None, size: tuple[int, int] | None = None) -> np.ndarray:
         counts = mask_utils.frPyObjects(rle, *rle["size"])["counts"]
     elif isinstance(counts, str):
         counts = counts.encode("ascii")
-    mask = mask_utils.decode({"size": list(rle["size"]), "counts": counts}).astype(bool)
+    with warnings.catch_warnings():
+        # pycocotools' Cython decode trips numpy 2's __array__(copy=...) deprecation on every call;
+        # the result is correct, and the warning is theirs to fix.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        mask = mask_utils.decode({"size": list(rle["size"]), "counts": counts}).astype(bool)
     if size is not None and mask.shape != tuple(size):
         raise ValueError(f"RLE of size {mask.shape} where the frame is {tuple(size)}")
     return mask
