@@ -41,13 +41,17 @@ class ModelSource:
     scratch: ``ReviosaModel(config, tokenizer)`` at random init, ``preset`` one of reviosa's model
         presets or ``synth-cpu`` (below); the byte-level tokenizer is trained on the synthetic
         world's corpus plus the training expressions, and saved in the run directory.
-    pretrained: ``reviosa.hub.from_pretrained(path)``, e.g. a model converted from InternVL2.5 and
-        SAM2 checkpoints by the importers (the paper presets).
+    parts: ``reviosa.importers.build_from_parts(internvl, sam2)``: an InternVL2.5 folder and a Meta
+        SAM2 ``.pt`` (the paper presets); the role tokens get mean-initialised rows.
+    pretrained: ``reviosa.hub.from_pretrained(path)``: a ReVIOSa folder (e.g. written by
+        ``python -m reviosa convert``, or a previous run's export) or a foreign layout it detects.
     """
 
-    kind: Literal["scratch", "pretrained"] = "scratch"
+    kind: Literal["scratch", "parts", "pretrained"] = "scratch"
     preset: str = "tiny"
     path: str | None = None
+    internvl: str | None = None  # parts: InternVL2.5 checkpoint folder
+    sam2: str | None = None  # parts: Meta SAM2 checkpoint, e.g. sam2_hiera_large.pt
     # Model-config overrides as dotted keys, e.g. {"text.hidden_size": 192} (scratch only).
     overrides: dict[str, Any] = field(default_factory=dict)
     tokenizer_vocab: int = 512
@@ -200,7 +204,9 @@ class TrainConfig:
         if not 0.0 <= o.warmup_ratio < 1.0:
             raise ValueError("optim.warmup_ratio must be in [0, 1)")
         if self.model.kind == "pretrained" and not self.model.path:
-            raise ValueError("model.kind 'pretrained' needs model.path (a converted model folder)")
+            raise ValueError("model.kind 'pretrained' needs model.path (a model folder)")
+        if self.model.kind == "parts" and not (self.model.internvl and self.model.sam2):
+            raise ValueError("model.kind 'parts' needs model.internvl (folder) and model.sam2 (.pt file)")
         for stage in self.stages:
             unknown = sorted(set(stage.lr_scale) - set(GROUPS))
             if unknown:
@@ -361,10 +367,10 @@ def synth_cpu_preset() -> TrainConfig:
 
 
 def paper_1b_preset() -> TrainConfig:
-    """ReVIOSa-1B as in the paper: a converted InternVL2.5-1B + SAM2 Hiera-L, LoRA, 10 epochs."""
+    """ReVIOSa-1B as in the paper: InternVL2.5-1B + SAM2 Hiera-L, LoRA, 10 epochs."""
     return TrainConfig(
         name="paper-1b",
-        model=ModelSource(kind="pretrained", path="models/reviosa-1b-parts"),
+        model=ModelSource(kind="parts", internvl="models/InternVL2_5-1B", sam2="models/sam2_hiera_large.pt"),
         attention=AttentionTarget(layer=22, heads=(5, 7, 10, 11)),
         data=DataConfig(root="data/InterRVOS-127K", split="train", val_split="valid", keyframes=4),
         eval=EvalConfig(every=0, clips=50),
@@ -373,10 +379,10 @@ def paper_1b_preset() -> TrainConfig:
 
 
 def paper_4b_preset() -> TrainConfig:
-    """ReVIOSa-4B as in the paper: a converted InternVL2.5-4B + SAM2 Hiera-L."""
+    """ReVIOSa-4B as in the paper: InternVL2.5-4B + SAM2 Hiera-L."""
     config = paper_1b_preset()
     config.name = "paper-4b"
-    config.model.path = "models/reviosa-4b-parts"
+    config.model.internvl = "models/InternVL2_5-4B"
     config.attention = AttentionTarget(layer=33, heads=(13, 12, 14, 6))
     return config
 

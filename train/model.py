@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from reviosa.config import ReviosaConfig, preset
+from reviosa.config import AttentionSupervision, ReviosaConfig, preset
 from reviosa.modeling import ReviosaModel
 from train.config import GROUPS, TrainConfig
 
@@ -39,11 +39,15 @@ def model_config(cfg: TrainConfig) -> ReviosaConfig:
         node[leaf] = value
     _resize_memory_attention(data)
     config = ReviosaConfig.from_dict(data)
-    if cfg.attention is not None:
-        config.attention_supervision.layer = cfg.attention.layer
-        config.attention_supervision.heads = tuple(cfg.attention.heads)
+    _apply_attention(config, cfg)
     config.validate()
     return config
+
+
+def _apply_attention(config: ReviosaConfig, cfg: TrainConfig) -> None:
+    """The AML layer / heads of the training config go into the model config (and so the export)."""
+    if cfg.attention is not None:
+        config.attention_supervision = AttentionSupervision(cfg.attention.layer, tuple(cfg.attention.heads))
 
 
 def _resize_memory_attention(data: dict) -> None:
@@ -69,13 +73,16 @@ def build_tokenizer_for(cfg: TrainConfig, corpus: list[str], run_dir: Path) -> P
 
 def build_model(cfg: TrainConfig, corpus: list[str], run_dir: Path) -> ReviosaModel:
     """A fresh model as the config's source says (seeded: every rank builds the same weights)."""
-    if cfg.model.kind == "pretrained":
-        from reviosa.hub import from_pretrained
+    if cfg.model.kind in ("pretrained", "parts"):
+        if cfg.model.kind == "parts":
+            from reviosa.importers import build_from_parts
 
-        model = from_pretrained(cfg.model.path)
-        if cfg.attention is not None:
-            model.config.attention_supervision.layer = cfg.attention.layer
-            model.config.attention_supervision.heads = tuple(cfg.attention.heads)
+            model = build_from_parts(cfg.model.internvl, cfg.model.sam2, seed=cfg.seed)
+        else:
+            from reviosa.hub import from_pretrained
+
+            model = from_pretrained(cfg.model.path)
+        _apply_attention(model.config, cfg)
         return model.train()
     config = model_config(cfg)
     tokenizer = build_tokenizer_for(cfg, corpus, run_dir)
