@@ -12,12 +12,15 @@ All forwards run in float32 under ``torch.no_grad()`` (inference after generatio
 forward + backward of a scalar loss instead (the captured or eager rows enter the loss). The vision tower stays on
 SDPA in every mode, so the comparison isolates the language model.
 
-Time: the minimum over the repetitions (the machine is shared; the minimum is the least disturbed run).
+Time: wall-clock and process CPU time (all threads), each the minimum over the repetitions. The machine
+is shared: the minimum is the least disturbed run, and CPU time is less sensitive to other processes
+than wall time (waiting for a core costs no CPU time; OpenMP's spinning still does).
 Peak memory: Linux resident set size. The worker starts with ``MALLOC_MMAP_THRESHOLD_=65536`` so every
 tensor larger than 64 KiB is its own mmap and goes back to the OS when freed (RSS then follows the live
 tensors instead of glibc's cached arenas). Before each forward it calls ``malloc_trim(0)`` and resets
 the peak (``echo 5 > /proc/self/clear_refs``); peak memory = ``VmHWM`` after the forward minus ``VmRSS``
-before it, i.e. what the forward adds on top of the model and its inputs (outputs included).
+before it, i.e. what the forward adds on top of the model and its inputs (outputs included); the minimum
+over the repetitions (a first run can carry one-time allocations).
 
     python bench/bench_attention.py --geometry tiny,1b --keyframes 1,4
 """
@@ -52,7 +55,7 @@ def _reset_peak() -> int:
 
 
 def _worker(geometry: str, keyframes: int, reps: int, modes: list[str], train: bool, threads: int) -> dict:
-    """Build the model once, time and measure each mode; returns {mode: {"s": [...], "mib": [...]}}."""
+    """Build the model once, time and measure each mode; returns {mode: {"s", "cpu", "mib": [...]}}."""
     # Imported here: the parent process only orchestrates and should not hold torch's memory.
     import torch
     from transformers import InternVLForConditionalGeneration
@@ -108,7 +111,7 @@ def _worker(geometry: str, keyframes: int, reps: int, modes: list[str], train: b
             loss.backward()
             model.zero_grad(set_to_none=True)
 
-    results: dict[str, dict[str, list[float]]] = {m: {"s": [], "mib": []} for m in modes}
+    results: dict[str, dict[str, list[float]]] = {m: {"s": [], "cpu": [], "mib": []} for m in modes}
     # Warm-up (thread pool, lazy imports, first calls): every mode once for cheap geometries; for slow
     # ones a short text-only forward, since a full warm-up would double the run time.
     if reps >= 5:
@@ -120,9 +123,10 @@ def _worker(geometry: str, keyframes: int, reps: int, modes: list[str], train: b
     for _ in range(reps):
         for mode in modes:
             base = _reset_peak()
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             forward(mode)
             results[mode]["s"].append(time.perf_counter() - start)
+            results[mode]["cpu"].append(time.process_time() - start_cpu)
             results[mode]["mib"].append((_memory_kib()["VmHWM"] - base) / 1024)
     results["L"] = len(ids)  # type: ignore[assignment]
     return results
@@ -150,16 +154,21 @@ def _run_worker(args: argparse.Namespace, geometry: str, keyframes: int) -> dict
 
 
 def _table(rows: list[tuple[str, int, dict]], modes: list[str]) -> str:
-    head = "| geometry | K | L | mode | time s | peak MiB | time / plain | memory / plain |"
-    lines = [head, "|" + "---|" * 8]
+    head = "| geometry | K | L | mode | wall s | CPU s | peak MiB | wall / plain | CPU / plain | memory / plain |"
+    lines = [head, "|" + "---|" * 10]
     for geometry, keyframes, res in rows:
-        plain_s = min(res["plain"]["s"]) if "plain" in res else float("nan")
-        plain_m = max(res["plain"]["mib"]) if "plain" in res else float("nan")
+        plain = res.get("plain")
         for mode in modes:
-            s, m = min(res[mode]["s"]), max(res[mode]["mib"])
+            wall, cpu, mib = min(res[mode]["s"]), min(res[mode]["cpu"]), min(res[mode]["mib"])
+            ratios = (
+                (wall / min(plain["s"]), cpu / min(plain["cpu"]), mib / min(plain["mib"]))
+                if plain
+                else (float("nan"),) * 3
+            )
             lines.append(
-                f"| {geometry} | {keyframes} | {res['L']} | {mode} | {s:.3f} | {m:.1f} | "
-                f"{s / plain_s:.3f} | {m / plain_m:.3f} |"
+                f"| {geometry} | {keyframes} | {res['L']} | {mode} | {wall:.3f} | {cpu:.3f} | {mib:.1f} | "
+                + " | ".join(f"{r:.3f}" for r in ratios)
+                + " |"
             )
     return "\n".join(lines)
 
@@ -194,7 +203,7 @@ def main() -> None:
             rows.append((geometry, keyframes, res))
             print(f"done {geometry} K={keyframes}: " + json.dumps(res), file=sys.stderr, flush=True)
     kind = "forward + backward" if args.train else "no_grad forward"
-    print(f"{kind}, float32, {args.threads} threads; time = min over repetitions, memory = max peak")
+    print(f"{kind}, float32, {args.threads} threads; times and peaks = min over repetitions")
     print(_table(rows, args.modes))
 
 
