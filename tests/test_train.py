@@ -65,6 +65,25 @@ def test_text_ce_is_mean_per_row_summed():
     assert losses.supervised_rows(labels).tolist() == [0, 0, 1]
 
 
+def test_object_and_grounding_losses_by_hand():
+    logits = torch.tensor([[[0.0, 0.0], [5.0, 5.0]]])  # (B=1, R=2, F=2)
+    present = torch.tensor([[[1.0, 0.0], [1.0, 1.0]]])
+    value = losses.object_loss(logits, present, torch.tensor([[1.0, 0.0]]))
+    assert value.item() == pytest.approx(math.log(2), rel=1e-6)  # sigmoid(0) = 0.5 on both frames
+    # grounding: a role state equal to the vision state inside the mask, orthogonal outside
+    d = 4
+    inside, outside = torch.eye(d)[0], torch.eye(d)[1]
+    vision = torch.stack([inside, outside]).reshape(1, 1, 1, 2, d)  # (B, K, g=..., D): a 1x2 strip
+    targets = torch.tensor([[[[[1.0, 0.0]]]]])  # (B, R=1, K=1, 1, 2)
+    scale = 10.0
+    got = losses.grounding_loss(inside.reshape(1, 1, d), vision, targets, torch.ones(1, 1), scale)
+    sp = lambda x: math.log1p(math.exp(x))  # noqa: E731
+    expected = (
+        sp(-scale * 0.5) + sp(scale * -0.5)
+    ) / 2  # cos 1 -> logit +5 (target 1); cos 0 -> -5 (target 0)
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+
+
 def _aml_loop(flat_rows: torch.Tensor, targets: torch.Tensor, g: int) -> float:
     """AML by explicit loops; vision token n of frame k at (y, x) is n = k*g*g + y*g + x."""
     b_n, r_n, nl, nh, _ = flat_rows.shape
@@ -277,6 +296,30 @@ def test_lr_schedule_warmup_and_cosine():
     assert lr_factor(4, total, 0.05, "cosine", 0.0) == pytest.approx(1.0)
     assert lr_factor(5, total, 0.05, "cosine", 0.0) == pytest.approx(1.0)
     assert lr_factor(99, total, 0.05, "cosine", 0.1) == pytest.approx(0.1, abs=1e-3)
+
+
+def test_stages_scale_groups_from_their_start():
+    from train.config import Stage
+    from train.loop import stage_scale
+
+    stages = [Stage(start=0.0, lr_scale={"lora": 0.0}), Stage(start=0.5, lr_scale={"sam_decoder": 0.1})]
+    assert stage_scale(stages, "lora", 0.2) == 0.0 and stage_scale(stages, "sam_decoder", 0.2) == 1.0
+    assert stage_scale(stages, "lora", 0.5) == 1.0 and stage_scale(stages, "sam_decoder", 0.7) == 0.1
+    with pytest.raises(ValueError, match="unknown groups"):
+        load_config("tiny", ["stages=[{start: 0.0, lr_scale: {sam: 0.0}}]"])
+
+
+def test_stage_with_zero_scale_freezes_a_group(synth_root, tmp_path):
+    from train.loop import Trainer
+
+    cfg = tiny_cfg(synth_root, "optim.max_steps=2", "stages=[{start: 0.0, lr_scale: {sam_decoder: 0.0}}]")
+    trainer = Trainer(cfg, tmp_path / "run")
+    decoder = trainer.model.sam.sam_mask_decoder
+    before = {k: v.clone() for k, v in decoder.state_dict().items()}
+    prompt_before = trainer.model.prompt_proj[0].weight.clone()
+    trainer.fit(stop_after=2)
+    assert all(torch.equal(before[k], v) for k, v in decoder.state_dict().items())
+    assert not torch.equal(prompt_before, trainer.model.prompt_proj[0].weight)
 
 
 # --- DDP --------------------------------------------------------------------------------------------
