@@ -226,7 +226,7 @@ def _input_panel(studio: Studio) -> dict:
 def _result_panel() -> dict:
     video = gr.Video(label="Overlay", interactive=False, elem_id="overlay")
     slider = gr.Slider(0, 1, value=0, step=1, label="Frame", interactive=False, elem_id="frame-slider")
-    frame = gr.Image(label="Overlay at this frame", interactive=False, elem_id="frame")
+    frame = gr.Image(label="Overlay at this frame", interactive=False, elem_id="frame", height=360)
     answer = gr.HighlightedText(
         label="Answer (the tokens the model emitted; role tokens coloured)", elem_id="answer",
         color_map={"actor": _hex(ACTOR_COLOR), "target": _hex(TARGET_COLOR)}, show_legend=True,
@@ -245,13 +245,16 @@ def _attention_panel() -> dict:
         head = gr.Dropdown([views.ALL], value=views.ALL, label="Head")
         keyframe = gr.Slider(0, 1, value=0, step=1, label="Keyframe")
     note = gr.Markdown()
-    grid = gr.Image(
-        label="Heatmaps: layers x heads on one keyframe", interactive=False, elem_id="heatmap-grid"
-    )
-    strip = gr.Image(label="Across the keyframes", interactive=False)
+    # Captions as Markdown: a Gradio image label is drawn over the image's top-left corner, where the
+    # grid's first head label and the charts' titles are.
+    gr.Markdown("**Heatmaps**: layers (rows) x heads (columns) on one keyframe")
+    grid = gr.Image(show_label=False, interactive=False, elem_id="heatmap-grid")
+    gr.Markdown("**Across the keyframes**: the chosen layer and head(s) on one scale")
+    strip = gr.Image(show_label=False, interactive=False, elem_id="keyframe-strip")
+    gr.Markdown("**Figure 6**: how much of each token's attention lands on the video")
     with gr.Row():
-        layer_chart = gr.Image(label="Figure 6(a): attention to vision tokens per layer", interactive=False)
-        head_chart = gr.Image(label="Figure 6(b): per head", interactive=False)
+        layer_chart = gr.Image(show_label=False, interactive=False, elem_id="layer-chart")
+        head_chart = gr.Image(show_label=False, interactive=False, elem_id="head-chart")
     return {"role": role, "layer": layer, "head": head, "keyframe": keyframe,
             "outputs": [grid, strip, layer_chart, head_chart, note]}  # fmt: skip
 

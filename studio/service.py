@@ -37,6 +37,9 @@ KEYFRAME_STRATEGIES = ("uniform", "first")
 MAX_KEYFRAMES = 16  # the MLLM's prompt grows by 256 tokens per keyframe with real weights
 # Overlay previews for the frame slider: JPEG, because 300 PNG frames at 640 px would take ~100 MB.
 PREVIEW_QUALITY = 90
+# Small clips (the 128 px synthetic ones) are enlarged by an integer factor for the preview, nearest
+# neighbour so pixels stay sharp: browsers show an image no larger than its own size.
+PREVIEW_MIN_SIDE = 384
 
 
 class UserError(Exception):
@@ -400,8 +403,6 @@ def render_outputs(video, pred, out_dir: Path, alpha: float, report: Progress) -
     One decoding pass draws the overlays, writes the previews and keeps the keyframes (for the
     attention tab); the masks are read from the bit-packed tracks frame by frame.
     """
-    from PIL import Image
-
     from viz.overlay import overlay_frame
     from viz.video import masks_to_png_zip, results_entry, write_mp4, write_results_json
 
@@ -419,7 +420,7 @@ def render_outputs(video, pred, out_dir: Path, alpha: float, report: Progress) -
             target = pred.target[t] if segmented and pred.target is not None else None
             image = overlay_frame(frame, actor, target, alpha=alpha)
             frame_paths.append(out_dir / "frames" / f"{t:05d}.jpg")
-            Image.fromarray(image).save(frame_paths[-1], quality=PREVIEW_QUALITY)
+            _preview(image).save(frame_paths[-1], quality=PREVIEW_QUALITY)
             if t % 8 == 0:
                 report(0.85 + 0.1 * t / video.num_frames, f"rendering: frame {t + 1}/{video.num_frames}")
             yield image
@@ -437,6 +438,16 @@ def render_outputs(video, pred, out_dir: Path, alpha: float, report: Progress) -
         "frame_paths": frame_paths,
         "keyframe_images": np.stack([keyframe_images[t] for t in pred.keyframes]),
     }
+
+
+def _preview(image: np.ndarray):
+    from PIL import Image
+
+    preview = Image.fromarray(image)
+    scale = PREVIEW_MIN_SIDE // max(image.shape[:2])
+    if scale > 1:
+        preview = preview.resize((image.shape[1] * scale, image.shape[0] * scale), Image.Resampling.NEAREST)
+    return preview
 
 
 def token_spans(tokenizer, tokens: list[str | None]) -> list[tuple[str, str | None]]:

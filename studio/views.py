@@ -65,7 +65,8 @@ def attention_pictures(
     li = _indices(view.layers, layer)
     hi = _indices(view.heads, head)
     k = int(np.clip(keyframe, 0, len(view.keyframes) - 1))
-    tile = 96 if len(li) * len(hi) <= _MANY_TILES else 56
+    tiles = len(li) * len(hi)
+    tile = 128 if tiles <= 16 else 96 if tiles <= _MANY_TILES else 56
     grid = head_grid(
         rows[np.ix_(li, hi)], view.keyframe_images[k], keyframe=k,
         layers=[view.layers[i] for i in li], heads=[view.heads[i] for i in hi],

@@ -251,6 +251,12 @@ def test_bad_input_gives_a_clear_error(name, studio, clip, bad_files, broken_mod
         _segment(studio, video, expression, model)
 
 
+def test_unknown_hub_id_says_it_cannot_be_fetched(studio, clip):
+    # Offline the hub client fails on the connection, online with a 401/404: both become this message.
+    with pytest.raises(gr.Error, match="could not fetch 'reviosa-studio-tests/no-such-model'"):
+        _segment(studio, clip, model="reviosa-studio-tests/no-such-model")
+
+
 # --- the served app ------------------------------------------------------------------------------------
 
 
