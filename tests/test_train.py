@@ -224,6 +224,22 @@ def test_clip_shared_encoders_match_per_row_pixels(tiny_parts):
     torch.testing.assert_close(shared.attention.rows, per_row.attention.rows, atol=1e-6, rtol=1e-5)
 
 
+def test_extra_splits_keep_clips_apart(synth_root, tmp_path, tiny_parts):
+    import shutil
+
+    from train.data import ClipDataset, Splits
+    from train.loop import train_splits
+
+    _, model, single = tiny_parts
+    copy_root = tmp_path / "copy"
+    shutil.copytree(synth_root / "train", copy_root / "train")  # same video ids, another split
+    cfg = tiny_cfg(synth_root, f"data.extra=[{{root: {copy_root}, split: train}}]")
+    splits = train_splits(cfg, tmp_path)
+    assert isinstance(splits, Splits) and len(splits) == 2 * len(single.dataset)
+    both = ClipDataset(splits, model.processor, model.config, cfg.data, cfg.seed)
+    assert len(both.videos) == 2 * len(single.videos) and len(both) == 2 * len(single)
+
+
 def test_schedule_shards_global_batches():
     from train.data import Schedule
 

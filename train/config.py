@@ -131,9 +131,16 @@ class SynthData:
 
 
 @dataclass
+class SplitRef:
+    root: str
+    split: str | None = None
+
+
+@dataclass
 class DataConfig:
     root: str | None = None  # InterRVOS / MeViS layout; None: the synthetic world (``synth``)
     split: str | None = "train"
+    extra: list[SplitRef] = field(default_factory=list)  # more training splits (e.g. MeViS), mixed in
     val_root: str | None = None  # defaults to root
     val_split: str | None = "val"
     synth: SynthData = field(default_factory=SynthData)
@@ -245,6 +252,7 @@ _NESTED: dict[tuple[str, str], type] = {
     ("TrainablesConfig", "lora"): LoraSettings,
     ("DataConfig", "synth"): SynthData,
 }
+_LISTS: dict[tuple[str, str], type] = {("TrainConfig", "stages"): Stage, ("DataConfig", "extra"): SplitRef}
 _TUPLES = {"betas", "heads", "new_tokens", "frames"}
 
 
@@ -260,8 +268,9 @@ def _build(cls: type, data: Any, path: str) -> Any:
         nested = _NESTED.get((cls.__name__, name))
         if nested is not None and value is not None:
             value = _build(nested, value, f"{path}.{name}")
-        elif cls is TrainConfig and name == "stages":
-            value = [_build(Stage, s, f"{path}.stages[{i}]") for i, s in enumerate(value or [])]
+        elif (cls.__name__, name) in _LISTS:
+            item = _LISTS[(cls.__name__, name)]
+            value = [_build(item, v, f"{path}.{name}[{i}]") for i, v in enumerate(value or [])]
         elif name in _TUPLES and isinstance(value, list):
             value = tuple(value)
         kwargs[name] = value

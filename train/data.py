@@ -95,6 +95,32 @@ def grid_masks(masks: np.ndarray, grid: int) -> torch.Tensor:
     return F.interpolate(x, size=(grid, grid), mode="nearest").reshape(*lead, grid, grid)
 
 
+class Splits:
+    """Several splits read as one training set (e.g. InterRVOS-127K with MeViS): the interface of
+    ``InterRVOSDataset`` that training reads."""
+
+    def __init__(self, datasets: Sequence[InterRVOSDataset]):
+        if not datasets:
+            raise ValueError("no dataset to train on")
+        self.datasets = list(datasets)
+        self.root = self.datasets[0].root
+
+    def __len__(self) -> int:
+        return sum(len(d) for d in self.datasets)
+
+    def samples(self) -> Iterator[Sample]:
+        for d in self.datasets:
+            yield from d.samples()
+
+    def sample(self, video_id: str, exp_id: str) -> Sample:
+        for d in self.datasets:
+            try:
+                return d.sample(video_id, exp_id)
+            except KeyError:
+                continue
+        raise KeyError(f"no expression {exp_id!r} in video {video_id!r} of any training split")
+
+
 @dataclass
 class ClipItem:
     """One clip and E of its expressions, ready to collate.
@@ -165,7 +191,7 @@ class ClipDataset(Dataset):
 
     def __init__(
         self,
-        dataset: InterRVOSDataset,
+        dataset: InterRVOSDataset | Splits,
         processor: ReviosaProcessor,
         model_config: ReviosaConfig,
         data: DataConfig,
@@ -177,9 +203,10 @@ class ClipDataset(Dataset):
         self.cfg = data
         self.seed = seed
         self.num_keyframes = data.keyframes or model_config.processor.num_keyframes
-        groups: dict[str, list[Sample]] = defaultdict(list)
+        # Keyed by split as well: two splits may reuse a video id for different clips.
+        groups: dict[tuple[str, str], list[Sample]] = defaultdict(list)
         for sample in dataset.samples():
-            groups[sample.video_id].append(sample)
+            groups[(str(sample.dataset.root), sample.video_id)].append(sample)
         self.videos = [groups[v] for v in sorted(groups)]
         if not self.videos:
             raise ValueError(f"{dataset.root} holds no expressions to train on")

@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader
 
 from reviosa.data import InterRVOSDataset
 from train.config import CONFIG_NAME, GROUPS, TrainConfig
-from train.data import ClipDataset, Schedule, collate
+from train.data import ClipDataset, Schedule, Splits, collate
 from train.model import (
     build_model,
     group_of,
@@ -214,7 +214,7 @@ class Trainer:
             train = InterRVOSDataset(root, "train")
             val = InterRVOSDataset(root, "val") if (root / "val").is_dir() else None
             return train, val
-        train = InterRVOSDataset(d.root, d.split)
+        train = train_splits(self.cfg, self.run_dir)
         val = None
         if self.cfg.eval.clips > 0 and d.val_split is not None:
             try:
@@ -505,7 +505,18 @@ def _truncate_log(path: Path, step: int) -> None:
     _write_atomic(path, "".join(line + "\n" for line in kept))
 
 
-def _corpus(dataset: InterRVOSDataset) -> list[str]:
+def train_splits(cfg: TrainConfig, run_dir: Path) -> InterRVOSDataset | Splits:
+    """The training split(s) of a config (the synthetic world lives in the run directory)."""
+    d = cfg.data
+    if d.root is None:
+        return InterRVOSDataset(Path(run_dir) / "data", "train")
+    main = InterRVOSDataset(d.root, d.split)
+    if not d.extra:
+        return main
+    return Splits([main, *(InterRVOSDataset(e.root, e.split) for e in d.extra)])
+
+
+def _corpus(dataset: InterRVOSDataset | Splits) -> list[str]:
     """Tokenizer corpus of a from-scratch model: the synthetic world's phrases plus the training
     expressions, sorted (the tokenizer is deterministic for a given corpus order)."""
     from reviosa.data.synth import expression_corpus
@@ -536,12 +547,8 @@ def load_run(run_dir: str | Path, device: str = "cpu"):
 
     run_dir = Path(run_dir)
     cfg = _TC.from_dict(json.loads((run_dir / CONFIG_NAME).read_text()))
-    if cfg.data.root is None:
-        train = InterRVOSDataset(run_dir / "data", "train")
-    else:
-        train = InterRVOSDataset(cfg.data.root, cfg.data.split)
     seed_everything(cfg.seed)
-    model = build_model(cfg, _corpus(train), run_dir)
+    model = build_model(cfg, _corpus(train_splits(cfg, run_dir)), run_dir)
     prepared = prepare_trainables(model, cfg)
     path = latest_checkpoint(run_dir)
     if path is None:
