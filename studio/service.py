@@ -281,7 +281,7 @@ def _phase_text(phase: str) -> str:
     if phase.startswith("propagating"):
         return f"propagation: {phase}"
     if phase.startswith("decoding"):
-        return f"decoding: {phase}"
+        return phase
     if phase == "done":
         return "rendering: drawing the overlays"
     return phase
@@ -422,11 +422,11 @@ def render_outputs(video, pred, out_dir: Path, alpha: float, report: Progress) -
             frame_paths.append(out_dir / "frames" / f"{t:05d}.jpg")
             _preview(image).save(frame_paths[-1], quality=PREVIEW_QUALITY)
             if t % 8 == 0:
-                report(0.85 + 0.1 * t / video.num_frames, f"rendering: frame {t + 1}/{video.num_frames}")
+                report(0.86 + 0.1 * t / video.num_frames, f"rendering: frame {t + 1}/{video.num_frames}")
             yield image
 
     overlay_mp4 = write_mp4(out_dir / "overlay.mp4", overlays(), video.fps)
-    report(0.96, "rendering: masks zip and RLE JSON")
+    report(0.97, "rendering: masks zip and RLE JSON")
     masks_zip = masks_to_png_zip(out_dir / "masks.zip", pred.actor, pred.target)
     entry = results_entry(pred.actor, pred.target, pred.answer)
     # Same layout as `python -m reviosa predict` on one video: the file stem is the video id.

@@ -209,9 +209,40 @@ def test_service_forced_answer_gives_both_tracks(answering_model_dir, clip):
 
     loaded = ModelRegistry(str(answering_model_dir)).get()
     actor_only = force_answers(loaded.model, ["Sure, [SEG_ACT]."])
-    result = run_request(loaded, clip, EXPRESSION, RunOptions(), Limits(), logits_processor=actor_only)
+    phases = []
+    result = run_request(
+        loaded, clip, EXPRESSION, RunOptions(), Limits(), lambda frac, desc: phases.append((frac, desc)),
+        logits_processor=actor_only,
+    )  # fmt: skip
     assert result.status == "ok" and result.target_frames is None
+    assert [f for f, _ in phases] == sorted(f for f, _ in phases) and phases[-1][0] == 1.0
+    for phase in ("decoding", "MLLM", "propagation", "rendering"):
+        assert any(desc.startswith(phase) for _, desc in phases), phase
     assert result.attention.roles_present == (True, False)
+
+
+CONTAINERS = {"webm": ("libvpx-vp9", "yuv420p"), "mov": ("libx264", "yuv420p"), "avi": ("mpeg4", "yuv420p"),
+              "gif": ("gif", "rgb8")}  # fmt: skip
+
+
+def _encode(path: Path, frames: np.ndarray, codec: str, pix_fmt: str) -> None:
+    import av
+
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream(codec, rate=10)
+        stream.height, stream.width = frames.shape[1:3]
+        stream.pix_fmt = pix_fmt
+        for frame in frames:
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        out.mux(stream.encode(None))
+
+
+@pytest.mark.parametrize("ext", list(CONTAINERS))
+def test_other_containers_upload(ext, studio, tmp_path):
+    path = tmp_path / f"clip.{ext}"
+    _encode(path, _push_frames(), *CONTAINERS[ext])
+    state, overlay, *_rest = _segment(studio, path)
+    assert state.num_frames == 8 and Path(overlay).suffix == ".mp4"
 
 
 def test_untrained_demo_model_shows_no_seg_token(monkeypatch, tmp_path, clip):
