@@ -490,6 +490,7 @@ class ReviosaModel(nn.Module):
         sam_pixels: torch.Tensor,
         capture: dict | None = None,
         clip_index: torch.Tensor | None = None,
+        decode_absent: bool = True,
     ) -> TrainOutput:
         """Teacher-forced forward for the losses.
 
@@ -501,6 +502,8 @@ class ReviosaModel(nn.Module):
         clip_index: optional long (B,): rows are expressions of C clips, row b showing clip
             clip_index[b]; then mllm_pixels is (C*K, 3, S, S) and sam_pixels (C, F, 3, S_sam, S_sam),
             and both encoders run once per clip instead of once per row (same outputs).
+        decode_absent: False skips SAM2 for roles whose token is not in the row (their mask and
+            object logits are zeros), which no loss reads.
         """
         image_index = None
         if clip_index is not None:
@@ -523,7 +526,9 @@ class ReviosaModel(nn.Module):
         supervised = shift_labels != -100
         answer_logits = self.mllm.lm_head(hidden[:, :-1][supervised])
         role_prompts = self.prompts_from_states(hidden, positions)  # (B, R, P)
-        mask_logits, object_logits = self.decode_frames(sam_pixels, role_prompts, clip_index)
+        mask_logits, object_logits = self.decode_frames(
+            sam_pixels, role_prompts, clip_index, None if decode_absent else present
+        )
         states = torch.gather(
             hidden, 1, positions.clamp(min=0).unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
         )
@@ -552,12 +557,17 @@ class ReviosaModel(nn.Module):
         return capture
 
     def decode_frames(
-        self, sam_pixels: torch.Tensor, prompts: torch.Tensor, clip_index: torch.Tensor | None = None
+        self,
+        sam_pixels: torch.Tensor,
+        prompts: torch.Tensor,
+        clip_index: torch.Tensor | None = None,
+        roles: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode each frame independently from each role prompt (no memory).
 
         sam_pixels: (B, F, 3, S, S); prompts: (B, R, P). With clip_index (B,), sam_pixels is
         (C, F, 3, S, S) and row b decodes the frames of clip clip_index[b] (encoded once per clip).
+        roles: optional bool (B, R): decode only these (row, role) pairs; the others get zero logits.
         Returns mask logits (B, R, F, S/4, S/4) and object logits (B, R, F).
         """
         f = sam_pixels.shape[1]
@@ -579,9 +589,22 @@ class ReviosaModel(nn.Module):
             feats.feat_sizes,
         )
         prompt = prompts.unsqueeze(1).expand(b, f, r, -1).reshape(b * f * r, 1, -1)
+        keep = None
+        if roles is not None:
+            keep = roles.to(prompt.device)[:, None, :].expand(b, f, r).reshape(-1).nonzero()[:, 0]  # (N,)
+            feats = sam_ops.FrameFeatures(
+                [x[:, keep] for x in feats.vision_feats],
+                [x[:, keep] for x in feats.vision_pos],
+                feats.feat_sizes,
+            )
+            prompt = prompt[keep]
         out = sam_ops.decode_prompted(self.sam, feats, prompt)
-        logits = out["raw_masks"][:, 0].reshape(b, f, r, *out["raw_masks"].shape[-2:]).transpose(1, 2)
-        objects = out["object_score_logits"].reshape(b, f, r).transpose(1, 2)
+        raw, scores = out["raw_masks"][:, 0], out["object_score_logits"][:, 0]  # (N, h, w), (N,)
+        if keep is not None:  # back to every (B, F, R) slot, zeros where nothing was decoded
+            raw = raw.new_zeros(b * f * r, *raw.shape[1:]).index_copy(0, keep, raw)
+            scores = scores.new_zeros(b * f * r).index_copy(0, keep, scores)
+        logits = raw.reshape(b, f, r, *raw.shape[-2:]).transpose(1, 2)
+        objects = scores.reshape(b, f, r).transpose(1, 2)
         return logits, objects
 
 
