@@ -259,12 +259,13 @@ _TUPLES = {"betas", "heads", "new_tokens", "frames"}
 def _build(cls: type, data: Any, path: str) -> Any:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping, got {type(data).__name__}")
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - fields)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ValueError(f"{path}: unknown field(s) {unknown}; known: {sorted(fields)}")
     kwargs = {}
     for name, value in data.items():
+        value = _coerce_float(fields[name], value, f"{path}.{name}")
         nested = _NESTED.get((cls.__name__, name))
         if nested is not None and value is not None:
             value = _build(nested, value, f"{path}.{name}")
@@ -275,6 +276,16 @@ def _build(cls: type, data: Any, path: str) -> Any:
             value = tuple(value)
         kwargs[name] = value
     return cls(**kwargs)
+
+
+def _coerce_float(f: dataclasses.Field, value: Any, path: str) -> Any:
+    # YAML 1.1 reads "1e-4" (no dot) as a string and "1" as an int: a float field takes both.
+    if not isinstance(f.default, float) or isinstance(value, bool) or value is None:
+        return value
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{path}: expected a number, got {value!r}") from None
 
 
 def _merge(base: dict, over: dict) -> dict:

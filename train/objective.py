@@ -94,6 +94,7 @@ class TrainStep(nn.Module):
                 batch.sam_pixels,
                 capture=capture,
                 clip_index=batch.clip_of,
+                decode_absent=False,  # no loss reads an absent role's masks (e.g. no [SEG_TAR])
             )
         vision = None
         if self.loss_cfg.grounding:
