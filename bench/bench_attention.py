@@ -14,7 +14,8 @@ SDPA in every mode, so the comparison isolates the language model.
 
 Time: wall-clock and process CPU time (all threads), each the minimum over the repetitions. The machine
 is shared: the minimum is the least disturbed run, and CPU time is less sensitive to other processes
-than wall time (waiting for a core costs no CPU time; OpenMP's spinning still does).
+than wall time (waiting for a core costs no CPU time; workers run with ``OMP_WAIT_POLICY=PASSIVE`` so
+OpenMP threads do not spin while waiting).
 Peak memory: Linux resident set size. The worker starts with ``MALLOC_MMAP_THRESHOLD_=65536`` so every
 tensor larger than 64 KiB is its own mmap and goes back to the OS when freed (RSS then follows the live
 tensors instead of glibc's cached arenas). Before each forward it calls ``malloc_trim(0)`` and resets
@@ -144,7 +145,14 @@ def _run_worker(args: argparse.Namespace, geometry: str, keyframes: int) -> dict
         "--threads",
         str(args.threads),
     ] + (["--train"] if args.train else [])
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS=str(args.threads))
+    # Passive OpenMP waiting: on a shared machine, spinning threads would bill other processes' turns
+    # to the CPU time measured here.
+    env = dict(
+        os.environ,
+        MALLOC_MMAP_THRESHOLD_="65536",
+        OMP_NUM_THREADS=str(args.threads),
+        OMP_WAIT_POLICY="PASSIVE",
+    )
     root = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
