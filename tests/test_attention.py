@@ -224,6 +224,15 @@ def test_gradients_match_eager(model):
         torch.testing.assert_close(got_grads[name], want, atol=TOL, rtol=1e-4, msg=name)
 
 
+def test_keep_grad_false_detaches_rows(model):
+    ids, mask = batch([sequence(1, (SEG_ACT, SEG_TAR))])
+    pixels = torch.randn(1, 3, 32, 32)
+    kept = captured(model, ids, mask, pixels)
+    detached = captured(model, ids, mask, pixels, keep_grad=False)
+    assert kept.rows.requires_grad and not detached.rows.requires_grad
+    torch.testing.assert_close(detached.rows, kept.rows.detach(), atol=0, rtol=0)
+
+
 @pytest.mark.parametrize("backward_inside", [False, True], ids=["backward_after_exit", "backward_inside"])
 def test_gradient_checkpointing_keeps_gradients(model, backward_inside):
     ids, mask = batch([sequence(2, (SEG_ACT, SEG_TAR), seed=5)])
