@@ -70,7 +70,7 @@ class Studio:
     ):  # fmt: skip
         """Run one request. Returns the new state and the Result tab's outputs."""
         options = RunOptions(
-            keyframes=int(keyframes) or None,
+            keyframes=int(keyframes or 0) or None,
             keyframe_strategy=None if strategy in (None, MODEL_DEFAULT) else strategy,
             stride=int(stride or 1),
             max_frames=int(max_frames) if max_frames else None,
@@ -94,7 +94,8 @@ class Studio:
             logger.exception("request failed")
             raise gr.Error(
                 f"Something went wrong on the server ({type(err).__name__}); it has been logged. "
-                "Try again, or try another clip."
+                "Try again, or try another clip.",
+                print_exception=False,
             ) from err
         _discard(previous)
         return (
@@ -157,12 +158,18 @@ Segment the **actor** (<span style="color:{actor}">■ pink</span>) and the **ta
 where the model's `[SEG_ACT]` / `[SEG_TAR]` tokens look. Upload a clip or pick an example, then press
 **Segment**."""
 
+DEMO_NOTICE = """⚠️ **The built-in model is not installed**: `builtin` runs **untrained demo weights** (a tiny
+random model). Every panel works, but answers are noise and usually nothing is segmented. Start the
+studio with `--model FOLDER_OR_HUB_ID` or type a model below for real results."""
+
 
 def build_demo(studio: Studio, examples_dir=EXAMPLES_DIR) -> gr.Blocks:
     limits = studio.limits
     with gr.Blocks(title="ReVIOSa Studio", delete_cache=(3600, 3600)) as demo:
         state = gr.State(None, delete_callback=_discard)
         gr.Markdown(INTRO.format(actor=_hex(ACTOR_COLOR), target=_hex(TARGET_COLOR)))
+        if studio.registry.default_is_demo():
+            gr.Markdown(DEMO_NOTICE, elem_id="demo-notice")
         with gr.Row():
             with gr.Column(scale=2):
                 inputs = _input_panel(studio)

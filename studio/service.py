@@ -85,6 +85,12 @@ class ModelRegistry:
         self._lock = threading.Lock()
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()
 
+    def default_is_demo(self) -> bool:
+        """Whether the default model would be the untrained demo fallback (checked without loading)."""
+        from reviosa.hub import BUILTIN_DIR, WEIGHTS_NAME
+
+        return self.default == "builtin" and not (BUILTIN_DIR / WEIGHTS_NAME).is_file()
+
     def get(self, name: str | None = None) -> LoadedModel:
         key = (name or "").strip() or self.default
         with self._lock:
@@ -101,7 +107,7 @@ class ModelRegistry:
     def _load(self, name: str) -> LoadedModel:
         from reviosa.hub import BUILTIN_DIR, WEIGHTS_NAME, CheckpointError, from_pretrained
 
-        if name == "builtin" and not (BUILTIN_DIR / WEIGHTS_NAME).is_file():
+        if name == "builtin" and not (BUILTIN_DIR / WEIGHTS_NAME).is_file():  # as default_is_demo()
             logger.warning("built-in model not installed in %s: using untrained demo weights", BUILTIN_DIR)
             return LoadedModel(name, demo_model().to(self.device, self.dtype), _demo_label(), demo=True)
         started = time.perf_counter()

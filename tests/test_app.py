@@ -137,6 +137,19 @@ def test_examples_are_committed_small_and_regenerated(tmp_path):
     assert all(VideoFile(p).num_frames >= 24 for p in paths)
 
 
+def test_synthetic_expressions_are_the_worlds_own():
+    """The example expressions are ones the synthetic world writes for those clips (guards against drift)."""
+    from reviosa.data.synth import WorldConfig, make_clip
+
+    kinds = set()
+    for clip in SYNTHETIC:
+        record, _info = make_clip(clip.seed, clip.split, clip.index, WorldConfig(size=128, frames=(24, 32)))
+        written = {e.text: e.caption_type for e in record.expressions}
+        assert set(clip.expressions) <= set(written), clip.file
+        kinds |= {written[text] for text in clip.expressions}
+    assert {"single", "unidirectional"} <= kinds  # actor-only and actor + target cases
+
+
 # --- service and callbacks ---------------------------------------------------------------------------
 
 
@@ -250,6 +263,7 @@ def test_untrained_demo_model_shows_no_seg_token(monkeypatch, tmp_path, clip):
     from app import Studio
 
     demo = Studio(ModelRegistry("builtin"), Limits())
+    assert demo.registry.default_is_demo()
     state, overlay, _slider, _frame, _spans, summary, _downloads = _segment(demo, clip)
     assert state.demo_model and "untrained demo weights" in summary
     assert state.status == "no_seg_token" and "Nothing was segmented" in summary
