@@ -66,7 +66,7 @@ class LoadedModel:
 class ModelRegistry:
     """Loads models by name ("builtin", a folder, a hub id) once each; keeps ``max_models`` loaded.
 
-    Loading holds a lock so that concurrent first requests load a model once. When the built-in
+    Concurrent first requests for a model load it once. When the built-in
     model is not installed, "builtin" falls back to a tiny random model labelled as untrained demo
     weights, so the studio still opens and shows every panel.
     """
@@ -82,8 +82,9 @@ class ModelRegistry:
         self.device = device
         self.dtype = dtype
         self.max_models = max_models
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the two dicts below
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._loading: dict[str, threading.Lock] = {}
 
     def default_is_demo(self) -> bool:
         """Whether the default model would be the untrained demo fallback (checked without loading)."""
@@ -94,14 +95,24 @@ class ModelRegistry:
     def get(self, name: str | None = None) -> LoadedModel:
         key = (name or "").strip() or self.default
         with self._lock:
-            if key in self._models:
-                self._models.move_to_end(key)
-                return self._models[key]
-            loaded = self._load(key)
-            self._models[key] = loaded
-            while len(self._models) > self.max_models:
-                dropped, _ = self._models.popitem(last=False)
-                logger.info("unloaded model %s (max_models=%d)", dropped, self.max_models)
+            loading = self._loading.setdefault(key, threading.Lock())
+        # Per-name lock: concurrent first requests load a model once, while requests for models
+        # already loaded are not held up by a slow load (a hub download can take minutes).
+        with loading:
+            with self._lock:
+                if key in self._models:
+                    self._models.move_to_end(key)
+                    return self._models[key]
+            try:
+                loaded = self._load(key)
+                with self._lock:  # cached before the loading lock goes, so no one loads it twice
+                    self._models[key] = loaded
+                    while len(self._models) > self.max_models:
+                        dropped, _ = self._models.popitem(last=False)
+                        logger.info("unloaded model %s (max_models=%d)", dropped, self.max_models)
+            finally:
+                with self._lock:
+                    self._loading.pop(key, None)
             return loaded
 
     def _load(self, name: str) -> LoadedModel:

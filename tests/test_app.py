@@ -211,6 +211,15 @@ def test_long_and_large_clips_are_reduced_with_a_notice(studio, clip):
     assert "1 frame in every 2" in summary and "downscaled from 64x64 to 32x32" in summary
 
 
+def test_registry_loads_each_model_once_under_concurrency(answering_model_dir):
+    registry = ModelRegistry(str(answering_model_dir), max_models=1)
+    with ThreadPoolExecutor(4) as pool:
+        loaded = list(pool.map(lambda _: registry.get(""), range(4)))
+    assert all(m is loaded[0] for m in loaded)
+    registry.get("builtin")  # a second model evicts the first (max_models=1)
+    assert registry.get(None) is not loaded[0]
+
+
 def test_duration_cap_refuses_with_a_reason(answering_model_dir, clip):
     loaded = ModelRegistry(str(answering_model_dir)).get()
     with pytest.raises(UserError, match="Trim the clip"):
