@@ -575,29 +575,23 @@ class ReviosaModel(nn.Module):
         encoder_trains = any(p.requires_grad for p in self.sam.image_encoder.parameters())
         with torch.set_grad_enabled(encoder_trains and torch.is_grad_enabled()):
             feats = sam_ops.encode_images(self.sam, sam_pixels.flatten(0, 1))  # batch B*F (or C*F)
-        if clip_index is not None:
-            frame_index = (clip_index[:, None] * f + torch.arange(f, device=clip_index.device)).flatten()
-            feats = sam_ops.FrameFeatures(
-                [x[:, frame_index] for x in feats.vision_feats],
-                [x[:, frame_index] for x in feats.vision_pos],
-                feats.feat_sizes,
-            )  # batch B*F
-        # Repeat each frame's features for each role: SAM2 batch order (B, F, R).
-        feats = sam_ops.FrameFeatures(
-            [x.repeat_interleave(r, dim=1) for x in feats.vision_feats],
-            [x.repeat_interleave(r, dim=1) for x in feats.vision_pos],
-            feats.feat_sizes,
-        )
+        # One gather per feature level puts each decoded (row, frame, role) in SAM2's batch, order
+        # (B, F, R): the frame's encoding, shared by the roles (and by the rows of one clip).
+        clips = clip_index if clip_index is not None else torch.arange(b, device=sam_pixels.device)
+        frames = clips.to(sam_pixels.device)[:, None] * f + torch.arange(
+            f, device=sam_pixels.device
+        )  # (B, F)
+        index = frames[:, :, None].expand(b, f, r).reshape(-1)  # (B*F*R,)
         prompt = prompts.unsqueeze(1).expand(b, f, r, -1).reshape(b * f * r, 1, -1)
         keep = None
         if roles is not None:
-            keep = roles.to(prompt.device)[:, None, :].expand(b, f, r).reshape(-1).nonzero()[:, 0]  # (N,)
-            feats = sam_ops.FrameFeatures(
-                [x[:, keep] for x in feats.vision_feats],
-                [x[:, keep] for x in feats.vision_pos],
-                feats.feat_sizes,
-            )
-            prompt = prompt[keep]
+            keep = roles.to(index.device)[:, None, :].expand(b, f, r).reshape(-1).nonzero()[:, 0]  # (N,)
+            index, prompt = index[keep], prompt[keep]
+        feats = sam_ops.FrameFeatures(
+            [x.index_select(1, index) for x in feats.vision_feats],
+            [x.index_select(1, index) for x in feats.vision_pos],
+            feats.feat_sizes,
+        )
         out = sam_ops.decode_prompted(self.sam, feats, prompt)
         raw, scores = out["raw_masks"][:, 0], out["object_score_logits"][:, 0]  # (N, h, w), (N,)
         if keep is not None:  # back to every (B, F, R) slot, zeros where nothing was decoded
