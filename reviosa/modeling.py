@@ -310,17 +310,22 @@ class ReviosaModel(nn.Module):
         capture_attention: bool = False,
         progress: Progress | None = None,
         logits_processor=None,
+        num_keyframes: int | None = None,
+        keyframe_strategy: str | None = None,
     ) -> list[Prediction]:
         """Segment actor and target for each expression on one video.
 
+        ``num_keyframes`` / ``keyframe_strategy`` override the model config's for this call only
+        (the model is shared read-only between requests).
         The video is decoded twice, lazily: once for the keyframes, once while propagating. SAM2
         encodes each frame once for all expressions (their tracks form SAM2's object batch).
         """
         report = progress or (lambda _phase, _frac: None)
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
+        proc = self.config.processor
         keyframes = keyframe_indices(
-            video.num_frames, self.config.processor.num_keyframes, self.config.processor.keyframe_strategy
+            video.num_frames, num_keyframes or proc.num_keyframes, keyframe_strategy or proc.keyframe_strategy
         )
         report("decoding keyframes", 0.0)
         key_frames = video.read(keyframes)  # (K, H, W, 3)

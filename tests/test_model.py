@@ -201,3 +201,14 @@ def test_mask_track_packs_bits():
     assert np.array_equal(track[3], masks[3])
     assert track.nbytes == 5 * ((7 * 9 + 7) // 8)
     assert list(track.areas()) == [int(m.sum()) for m in masks]
+
+
+def test_keyframe_options_apply_to_one_call_only(tiny_model, random_frames):
+    video = ArrayVideo(random_frames)
+    force_two = force(tiny_model, [BOTH])
+    (pred,) = tiny_model.segment(
+        video, ["the dog"], logits_processor=force_two, num_keyframes=3, keyframe_strategy="first"
+    )
+    assert pred.keyframes == [0, 1, 2]
+    (pred,) = tiny_model.segment(video, ["the dog"], logits_processor=force(tiny_model, [BOTH]))
+    assert pred.keyframes == keyframe_indices(len(random_frames), 2, "uniform")  # the config's, unchanged

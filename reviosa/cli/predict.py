@@ -38,14 +38,13 @@ def run(args: argparse.Namespace) -> int:
     if args.video and not args.expression:
         raise ValueError('give the expression after the video, e.g. predict clip.mp4 "person walking a dog"')
     model = from_pretrained(args.model, device=args.device, dtype=getattr(torch, args.dtype))
-    proc = model.config.processor
-    if args.keyframes:
-        proc.num_keyframes = args.keyframes
-    if args.keyframe_strategy:
-        proc.keyframe_strategy = args.keyframe_strategy
     if args.dataset:
         return _predict_dataset(model, args)
     return _predict_video(model, args)
+
+
+def _keyframe_options(args) -> dict:
+    return {"num_keyframes": args.keyframes, "keyframe_strategy": args.keyframe_strategy}
 
 
 def _predict_video(model, args) -> int:
@@ -57,7 +56,7 @@ def _predict_video(model, args) -> int:
     video = VideoFile(
         args.video, VideoLimits(max_frames=args.max_frames, stride=args.stride, max_side=args.max_side)
     )
-    (pred,) = model.segment(video, [args.expression])
+    (pred,) = model.segment(video, [args.expression], **_keyframe_options(args))
     out = Path(args.out or f"{Path(args.video).stem}_masks")
     results.write_png_masks(pred.actor, out / "actor")
     if pred.target is not None:
@@ -97,7 +96,7 @@ def _predict_dataset(model, args) -> int:
         video = CallbackVideo(first.load_frames, first.num_frames, first.size)
         for start in range(0, len(samples), max(1, args.batch)):
             chunk = samples[start : start + args.batch]
-            preds = model.segment(video, [s.expression for s in chunk])
+            preds = model.segment(video, [s.expression for s in chunk], **_keyframe_options(args))
             entries = done["videos"].setdefault(video_id, {})
             for sample, pred in zip(chunk, preds, strict=True):
                 entries[sample.exp_id] = results.entry(pred)
