@@ -315,6 +315,21 @@ def test_resume_reproduces_losses(synth_root, tmp_path):
         assert b[s] == pytest.approx(a[s], abs=1e-6, rel=1e-6)
 
 
+def test_gradient_checkpointing_gives_the_same_losses(synth_root, tmp_path):
+    from train.loop import Trainer
+
+    runs = [
+        Trainer(tiny_cfg(synth_root, f"optim.gradient_checkpointing={flag}"), tmp_path / str(flag)).fit(
+            stop_after=2
+        )
+        for flag in ("false", "true")
+    ]
+    for a, b in zip(*runs, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5) and b["aml"] == pytest.approx(
+            a["aml"], rel=1e-5
+        )
+
+
 def test_lr_schedule_warmup_and_cosine():
     from train.loop import lr_factor
 

@@ -72,6 +72,7 @@ class OptimConfig:
     epochs: float = 10.0
     max_steps: int | None = None  # optimizer steps; when set, overrides epochs
     bf16: bool = True  # bf16 autocast, on CUDA only (CPU runs stay float32)
+    gradient_checkpointing: bool = False  # recompute the language model's layers in backward (memory)
 
 
 @dataclass

@@ -181,6 +181,9 @@ class Trainer:
         self.model = self._build(_corpus(self.train_data))
         self.prepared = prepare_trainables(self.model, cfg)
         self.prepared.wrapper.to(self.dist.device)
+        if cfg.optim.gradient_checkpointing:
+            # Non-reentrant: the AML's attention rows keep their gradient (reviosa.attention).
+            self.model.language_model.gradient_checkpointing_enable({"use_reentrant": False})
         logger.info("trainable parameters per group: %s", trainable_summary(self.prepared.wrapper))
 
         self.dataset = ClipDataset(
@@ -449,6 +452,8 @@ class Trainer:
         path = latest_checkpoint(self.run_dir)
         if path is None:
             logger.info("no checkpoint in %s: starting from step 0", self.run_dir)
+            if self.dist.main:
+                _truncate_log(self.run_dir / LOG_NAME, 0)
             return
         state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
         load_checkpoint_state(self.prepared.wrapper, state["model"])
