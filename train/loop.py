@@ -18,6 +18,7 @@ model, optimizer, scheduler and every RNG are restored.
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import math
@@ -83,7 +84,8 @@ def init_distributed(device: str = "auto") -> DistInfo:
     if use_cuda:
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        # The other ranks wait at a barrier while rank 0 evaluates: allow long evaluations.
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=datetime.timedelta(hours=2))
     return DistInfo(rank=rank, world=world, local_rank=local_rank, device=dev)
 
 
