@@ -488,10 +488,15 @@ def test_export_merges_lora_and_reloads(synth_root, tmp_path):
 
 def test_config_file_preset_and_overrides(tmp_path):
     path = tmp_path / "exp.yaml"
-    path.write_text("preset: synth-cpu\noptim:\n  lr: 0.002\nloss:\n  grounding: 0.5\n")
+    path.write_text(
+        "preset: synth-cpu\noptim:\n  lr: 0.002\nloss:\n  grounding: 0.5\n"
+        "model:\n  overrides:\n    text.hidden_size: 192\n"
+    )
     cfg = load_config(str(path), ["attention.heads=[1, 3]", "data.two_tokens=false", "optim.eps=1e-6"])
     assert cfg.optim.eps == 1e-6  # YAML 1.1 reads "1e-6" as a string; float fields convert it
     assert cfg.optim.lr == 0.002 and cfg.optim.batch_size == 4  # the rest from the preset
+    # model.overrides adds to the preset's geometry rather than replacing it
+    assert cfg.model.overrides["text.hidden_size"] == 192 and cfg.model.overrides["sam.image_size"] == 128
     assert cfg.loss.grounding == 0.5 and cfg.attention.heads == (1, 3) and cfg.data.two_tokens is False
     cfg.save(tmp_path / "saved.json")
     assert TrainConfig.from_dict(json.loads((tmp_path / "saved.json").read_text())) == cfg

@@ -292,11 +292,8 @@ def _coerce_float(f: dataclasses.Field, value: Any, path: str) -> Any:
 def _merge(base: dict, over: dict) -> dict:
     out = dict(base)
     for key, value in over.items():
-        if (
-            isinstance(value, dict)
-            and isinstance(out.get(key), dict)
-            and key not in ("overrides", "lr_scale")
-        ):
+        # Mappings merge key by key (model.overrides too: a recipe adds to its preset's geometry).
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = _merge(out[key], value)
         else:
             out[key] = value
