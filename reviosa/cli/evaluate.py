@@ -22,16 +22,12 @@ def run(args: argparse.Namespace) -> int:
 
     from reviosa.data import InterRVOSDataset
     from reviosa.evaluation import evaluate_results
+    from reviosa.results import load as load_results
 
     pred_path = Path(args.pred)
     if not pred_path.is_file():
         raise FileNotFoundError(f"results file {pred_path} does not exist")
-    try:
-        results = json.loads(pred_path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{pred_path} is not valid JSON ({err})") from err
-    if not isinstance(results, dict) or not isinstance(results.get("videos"), dict):
-        raise ValueError(f"{pred_path} is not a results file (expected {{'videos': {{VIDEO_ID: ...}}}})")
+    results = load_results(pred_path)
     dataset = InterRVOSDataset(args.gt, split=args.split)
     scores = evaluate_results(dataset, results, workers=args.workers)
     print(scores.table(name=pred_path.stem))
