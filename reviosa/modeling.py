@@ -356,8 +356,9 @@ class ReviosaModel(nn.Module):
         input_ids = batch.input_ids.to(self.device)
         mask = batch.attention_mask.to(self.device)
         pixels = self.processor.mllm_pixels(key_frames).to(self.device, self.dtype)  # (K, 3, S, S)
-        # Every prompt shows the same keyframes: repeat their pixels per prompt, in prompt order.
-        embeds = self.embed(input_ids, pixels.repeat(len(prompts), 1, 1, 1))
+        # Every prompt shows the same K keyframes: encode them once, fill each prompt's blocks.
+        image_index = torch.arange(pixels.shape[0]).repeat(len(prompts))  # (E*K,)
+        embeds = self.embed(input_ids, pixels, image_index)
         answers = self.generate_answers(embeds, mask, logits_processor)
 
         # Full sequences prompt + answer, right-padded after the (left-padded) prompt block.
