@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from reviosa.configio import from_dict
+
 CONFIG_NAME = "config.json"
 FORMAT_VERSION = 1
 
@@ -147,7 +149,7 @@ class ReviosaConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ReviosaConfig:
         """Build from a dict; unknown fields are an error (a typo must not be silently ignored)."""
-        return _from_dict(cls, data, path="config")
+        return from_dict(cls, data, path="config")
 
     def save(self, directory: str | Path) -> Path:
         path = Path(directory) / CONFIG_NAME
@@ -164,37 +166,6 @@ class ReviosaConfig:
         except json.JSONDecodeError as err:
             raise ValueError(f"{path} is not valid JSON: {err}") from err
         return cls.from_dict(data)
-
-
-def _from_dict(cls: type, data: Any, path: str) -> Any:
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected an object, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ValueError(f"{path}: unknown field(s) {unknown}")
-    kwargs = {}
-    for name, value in data.items():
-        kwargs[name] = _convert(_NESTED.get((cls.__name__, name)), value, f"{path}.{name}")
-    return cls(**kwargs)
-
-
-def _convert(nested: type | None, value: Any, path: str) -> Any:
-    if nested is not None and value is not None:
-        return _from_dict(nested, value, path)
-    # JSON has no tuples; the dataclasses use tuples for fixed-size or immutable sequences.
-    if isinstance(value, list) and not path.endswith(".overrides"):
-        return tuple(value)
-    return value
-
-
-_NESTED: dict[tuple[str, str], type] = {
-    ("ReviosaConfig", "vision"): VisionConfig,
-    ("ReviosaConfig", "text"): TextConfig,
-    ("ReviosaConfig", "sam"): SamConfig,
-    ("ReviosaConfig", "processor"): ProcessorConfig,
-    ("ReviosaConfig", "attention_supervision"): AttentionSupervision,
-}
 
 
 # --- presets ---------------------------------------------------------------------------------------

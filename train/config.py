@@ -20,6 +20,8 @@ from typing import Any, Literal
 
 import yaml
 
+from reviosa.configio import from_dict
+
 CONFIG_NAME = "train_config.json"
 
 # Sa2VA (and InterRVOS, built on it) leave LoRA's target_modules unset; xtuner then targets every
@@ -230,63 +232,12 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        return _build(cls, data, "config")
+        return from_dict(cls, data, "config")
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
         return path
-
-
-# --- dict -> dataclass -------------------------------------------------------------------------
-
-_NESTED: dict[tuple[str, str], type] = {
-    ("TrainConfig", "model"): ModelSource,
-    ("TrainConfig", "optim"): OptimConfig,
-    ("TrainConfig", "loss"): LossConfig,
-    ("TrainConfig", "attention"): AttentionTarget,
-    ("TrainConfig", "trainables"): TrainablesConfig,
-    ("TrainConfig", "data"): DataConfig,
-    ("TrainConfig", "eval"): EvalConfig,
-    ("TrainConfig", "log"): LogConfig,
-    ("TrainConfig", "checkpoint"): CheckpointConfig,
-    ("TrainablesConfig", "lora"): LoraSettings,
-    ("DataConfig", "synth"): SynthData,
-}
-_LISTS: dict[tuple[str, str], type] = {("TrainConfig", "stages"): Stage, ("DataConfig", "extra"): SplitRef}
-_TUPLES = {"betas", "heads", "new_tokens", "frames"}
-
-
-def _build(cls: type, data: Any, path: str) -> Any:
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ValueError(f"{path}: unknown field(s) {unknown}; known: {sorted(fields)}")
-    kwargs = {}
-    for name, value in data.items():
-        value = _coerce_float(fields[name], value, f"{path}.{name}")
-        nested = _NESTED.get((cls.__name__, name))
-        if nested is not None and value is not None:
-            value = _build(nested, value, f"{path}.{name}")
-        elif (cls.__name__, name) in _LISTS:
-            item = _LISTS[(cls.__name__, name)]
-            value = [_build(item, v, f"{path}.{name}[{i}]") for i, v in enumerate(value or [])]
-        elif name in _TUPLES and isinstance(value, list):
-            value = tuple(value)
-        kwargs[name] = value
-    return cls(**kwargs)
-
-
-def _coerce_float(f: dataclasses.Field, value: Any, path: str) -> Any:
-    # YAML 1.1 reads "1e-4" (no dot) as a string and "1" as an int: a float field takes both.
-    if not isinstance(f.default, float) or isinstance(value, bool) or value is None:
-        return value
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{path}: expected a number, got {value!r}") from None
 
 
 def _merge(base: dict, over: dict) -> dict:
