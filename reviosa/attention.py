@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from types import TracebackType
 
 import torch
-from einops import rearrange, repeat
+from einops import rearrange
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
@@ -176,7 +176,7 @@ def _rotation(head_dim: int, device: torch.device) -> tuple[torch.Tensor, torch.
 
 def _gather_rows(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """x (B, L, C), positions long (B, R) -> (B, R, C)."""
-    return x.gather(1, repeat(positions, "b r -> b r c", c=x.shape[-1]))
+    return x.gather(1, positions[..., None].expand(-1, -1, x.shape[-1]))
 
 
 def _mask_bias(
