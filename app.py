@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from studio import views
+from studio.bootstrap import ensure_sam2
 from studio.examples import EXAMPLES_DIR, ensure_synthetic, list_examples
 from studio.limits import Limits, add_limit_arguments, limits_from_args
 from studio.service import (
@@ -297,6 +298,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def create(args: argparse.Namespace) -> gr.Blocks:
+    ensure_sam2()  # on a Space only: requirements.txt cannot carry sam2's install flags
     limits = limits_from_args(args)
     registry = ModelRegistry(args.model, args.device, getattr(torch, args.dtype), limits.max_models)
     ensure_synthetic(EXAMPLES_DIR)

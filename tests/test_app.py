@@ -380,3 +380,15 @@ def test_each_bad_input_errors_then_a_good_request_works(server, clip, bad_files
             _client_segment(server, video, expression, model)
     _client, (overlay, *_rest) = _client_segment(server, clip, EXPRESSION)
     assert Path(overlay).is_file()
+
+
+def test_sam2_bootstrap_does_nothing_off_a_space(monkeypatch):
+    import subprocess
+
+    from studio.bootstrap import ensure_sam2
+
+    calls = []
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: calls.append(a))
+    ensure_sam2()  # sam2 is installed here, and this is no Space: nothing to do
+    assert calls == []
