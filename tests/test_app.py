@@ -382,13 +382,21 @@ def test_each_bad_input_errors_then_a_good_request_works(server, clip, bad_files
     assert Path(overlay).is_file()
 
 
-def test_sam2_bootstrap_does_nothing_off_a_space(monkeypatch):
+def test_sam2_bootstrap_installs_only_on_a_space_without_sam2(monkeypatch):
+    import importlib.util
     import subprocess
 
-    from studio.bootstrap import ensure_sam2
+    from studio import bootstrap
 
     calls = []
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: calls.append((cmd, kw["env"])))
     monkeypatch.delenv("SPACE_ID", raising=False)
-    monkeypatch.setattr(subprocess, "run", lambda *a, **k: calls.append(a))
-    ensure_sam2()  # sam2 is installed here, and this is no Space: nothing to do
+    bootstrap.ensure_sam2()  # sam2 is installed here, and this is no Space
+    monkeypatch.setenv("SPACE_ID", "org/reviosa-studio")
+    bootstrap.ensure_sam2()  # a Space that already has sam2
     assert calls == []
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    bootstrap.ensure_sam2()  # a Space without sam2: one pip call with sam2's flags and the pinned file
+    ((cmd, env),) = calls
+    assert "--no-build-isolation" in cmd and "--no-deps" in cmd and str(bootstrap.PINNED) in cmd
+    assert env["SAM2_BUILD_CUDA"] == "0" and bootstrap.PINNED.is_file()
