@@ -162,7 +162,7 @@ def _run_worker(args: argparse.Namespace, geometry: str, keyframes: int) -> dict
 
 
 def _table(rows: list[tuple[str, int, dict]], modes: list[str]) -> str:
-    head = "| geometry | K | L | mode | wall s | CPU s | peak MiB | wall / plain | CPU / plain | memory / plain |"
+    head = "| geometry | K | L | mode | wall ms | CPU ms | peak MiB | wall / plain | CPU / plain | memory / plain |"
     lines = [head, "|" + "---|" * 10]
     for geometry, keyframes, res in rows:
         plain = res.get("plain")
@@ -174,7 +174,7 @@ def _table(rows: list[tuple[str, int, dict]], modes: list[str]) -> str:
                 else (float("nan"),) * 3
             )
             lines.append(
-                f"| {geometry} | {keyframes} | {res['L']} | {mode} | {wall:.3f} | {cpu:.3f} | {mib:.1f} | "
+                f"| {geometry} | {keyframes} | {res['L']} | {mode} | {wall * 1e3:.1f} | {cpu * 1e3:.1f} | {mib:.1f} | "
                 + " | ".join(f"{r:.3f}" for r in ratios)
                 + " |"
             )
