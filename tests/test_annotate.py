@@ -527,3 +527,21 @@ def test_cli_annotates_a_synthetic_clip_through_a_local_endpoint(tmp_path, monke
             assert not (sample.actor_masks() & sample.target_masks()).any()  # distinct objects
     summary = json.loads((tmp_path / "out" / ".annotate" / "annotated" / "summary.json").read_text())
     assert summary["failures"] == [] and summary["units"]["asked"] == 0
+
+
+def test_folder_input_reads_a_video_file_beside_its_masks(tmp_path):
+    from conftest import encode_mp4
+    from PIL import Image
+
+    video, masks = _video(num_objects=2, frames=3)
+    encode_mp4(tmp_path / "walk.mp4", video.frames.frames)
+    (tmp_path / "walk" / "masks").mkdir(parents=True)
+    for t in range(3):
+        labels = sum(obj_id * track[t].astype(np.uint8) for obj_id, track in masks.items())
+        Image.fromarray(labels.astype(np.uint8)).save(tmp_path / "walk" / "masks" / f"{t:05d}.png")
+    (got,) = list(open_input(tmp_path))
+    assert got.video_id == "walk" and got.num_frames == 3 and got.frame_names is None
+    assert [o.obj_id for o in got.objects] == [4, 7] and np.array_equal(
+        got.objects[0].masks.numpy(), masks[4]
+    )
+    assert got.frames.read([1]).shape == (1, 48, 48, 3)
