@@ -11,8 +11,6 @@ settings (keyframes) go into a per-request view of the model, never into the sha
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import logging
 import tempfile
 import threading
@@ -250,7 +248,8 @@ def run_request(
     sets it. Raises UserError for anything the user can fix.
     """
     report = progress or (lambda _frac, _desc: None)
-    model = model_view(loaded.model, options)
+    model = loaded.model
+    keyframes = keyframe_options(model, options)
     text = check_expression(expression, limits, model)
     report(0.0, "decoding: opening the clip")
     video, notices = open_video(video_path, options, limits)
@@ -264,6 +263,7 @@ def run_request(
             capture_attention=True,
             progress=lambda phase, frac: report(0.05 + 0.8 * frac, _phase_text(phase)),
             logits_processor=logits_processor,
+            **keyframes,
         )
     timings = {**pred.timings, "queue": waited, "model_total": time.perf_counter() - started - waited}
     out_dir = Path(tempfile.mkdtemp(prefix="reviosa-studio-"))
@@ -304,12 +304,10 @@ def _phase_text(phase: str) -> str:
     return phase
 
 
-def model_view(model, options: RunOptions):
-    """The shared model, or a shallow copy with its own config when the request changes keyframes.
+def keyframe_options(model, options: RunOptions) -> dict:
+    """This request's keyframe count and choice, checked, as ``segment()`` arguments.
 
-    ``segment`` reads the keyframe count and strategy from ``model.config.processor``; writing them
-    into the shared config would change them for every concurrent request. The copy shares all
-    weights (the module dicts are the same objects), only ``config`` is its own.
+    They go to ``segment()`` per call; the shared model's config is never written.
     """
     proc = model.config.processor
     k = options.keyframes or proc.num_keyframes
@@ -318,13 +316,7 @@ def model_view(model, options: RunOptions):
         raise UserError(f"Keyframes must be between 1 and {MAX_KEYFRAMES}; got {k}.")
     if strategy not in KEYFRAME_STRATEGIES:
         raise UserError(f"Keyframe choice must be one of {', '.join(KEYFRAME_STRATEGIES)}; got {strategy!r}.")
-    if (k, strategy) == (proc.num_keyframes, proc.keyframe_strategy):
-        return model
-    view = copy.copy(model)
-    view.config = dataclasses.replace(
-        model.config, processor=dataclasses.replace(proc, num_keyframes=k, keyframe_strategy=strategy)
-    )
-    return view
+    return {"num_keyframes": k, "keyframe_strategy": strategy}
 
 
 def check_expression(expression: str | None, limits: Limits, model) -> str:

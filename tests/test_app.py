@@ -21,7 +21,7 @@ from conftest import encode_mp4
 
 from studio.examples import EXAMPLES_DIR, REAL, SYNTHETIC, ensure_synthetic, list_examples
 from studio.limits import Limits
-from studio.service import ModelRegistry, RunOptions, UserError, model_view, run_request
+from studio.service import ModelRegistry, RunOptions, UserError, keyframe_options, run_request
 
 EXPRESSION = "red circle pushing the blue square"
 # The tiny model's greedy answer depends on the frames; forcing it makes both roles run on any clip.
@@ -201,8 +201,12 @@ def test_keyframe_settings_do_not_touch_the_shared_model(studio, clip):
         loaded.model.config.processor.num_keyframes,
         loaded.model.config.processor.keyframe_strategy,
     ) == before
-    view = model_view(loaded.model, RunOptions(keyframes=3))
-    assert view.mllm is loaded.model.mllm and view.config is not loaded.model.config
+    assert keyframe_options(loaded.model, RunOptions(keyframes=3)) == {
+        "num_keyframes": 3,
+        "keyframe_strategy": before[1],
+    }
+    with pytest.raises(UserError, match="Keyframes"):
+        keyframe_options(loaded.model, RunOptions(keyframes=99))
 
 
 def test_long_and_large_clips_are_reduced_with_a_notice(studio, clip):
