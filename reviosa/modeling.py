@@ -341,7 +341,7 @@ class ReviosaModel(nn.Module):
 
         t0 = time.perf_counter()
         active = [(e, r) for e in range(len(expressions)) for r in range(2) if positions[e, r] >= 0]
-        tracks, scores = self._propagate(video, keyframes, role_prompts, active, report)
+        tracks, scores = self._propagate(video, keyframes, key_frames, role_prompts, active, report)
         timings["propagate"] = time.perf_counter() - t0
         report("done", 1.0)
         return [
@@ -399,7 +399,7 @@ class ReviosaModel(nn.Module):
 
         return capture, holder
 
-    def _propagate(self, video, keyframes, role_prompts, active, report):
+    def _propagate(self, video, keyframes, key_frames, role_prompts, active, report):
         """Track every active (expression, role) through the clip. Returns tracks and scores."""
         h, w = video.size
         tracks = {key: MaskTrack(video.num_frames, (h, w)) for key in active}
@@ -410,7 +410,7 @@ class ReviosaModel(nn.Module):
         tracker = sam_ops.MemoryTracker(self.sam, video.num_frames)
         keyset = set(keyframes)
         # Conditioning frames first (SAM2 reads all of them while tracking any frame).
-        key_pixels = sam_ops.preprocess(torch.from_numpy(video.read(keyframes)), self.config.sam)
+        key_pixels = sam_ops.preprocess(torch.from_numpy(key_frames), self.config.sam)
         key_outputs = {}
         for i, t in enumerate(keyframes):
             feats = self._expand(
