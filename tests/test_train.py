@@ -598,3 +598,24 @@ def test_cli_fit_eval_export(synth_root, tmp_path):
     assert main(["fit", "--config", "tiny", "--out", str(run)]) == 2
     assert main(["export", str(run), "--out", str(tmp_path / "again")]) == 0
     assert (tmp_path / "again" / "model.safetensors").is_file()
+
+
+def test_contrastive_grounding_prefers_the_referent_and_skips_absent_ones():
+    import torch
+
+    from train.losses import grounding_loss
+
+    d, k, g = 8, 2, 3
+    vision = torch.randn(1, k, g, g, d)
+    target = torch.zeros(1, 2, k, g, g)
+    target[0, 0, 1, 2, 0] = 1.0  # actor: one token on keyframe 1; target role: absent everywhere
+    weight = torch.ones(1, 2)
+    on_referent = vision[0, 1, 2, 0].view(1, 1, d).expand(1, 2, d)
+    elsewhere = vision[0, 0, 0, 1].view(1, 1, d).expand(1, 2, d)
+    good = grounding_loss(on_referent, vision, target, weight, scale=10.0, mode="contrastive")
+    bad = grounding_loss(elsewhere, vision, target, weight, scale=10.0, mode="contrastive")
+    assert good < bad
+    # By hand: -log softmax(10 * cos)[referent], the absent target role adds nothing.
+    cos = torch.nn.functional.cosine_similarity(vision.view(-1, d), vision[0, 1, 2, 0].view(1, d), dim=-1)
+    expected = -torch.log_softmax(10 * cos, 0)[1 * g * g + 2 * g + 0]
+    assert torch.isclose(good, expected, atol=1e-5)

@@ -89,6 +89,9 @@ class LossConfig:
     object: float = 0.0  # presence BCE on SAM2's object logits
     grounding: float = 0.0  # role state vs last-layer vision states, BCE on the token grid
     grounding_scale: float = 10.0
+    # bce: per-token BCE of scale * (cos - 0.5); contrastive: softmax over the clip's vision tokens
+    # against the referent's tokens (docs/training.md, "Tricks")
+    grounding_mode: Literal["bce", "contrastive"] = "bce"
 
 
 @dataclass

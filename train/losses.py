@@ -151,21 +151,35 @@ def grounding_loss(
     targets: torch.Tensor,
     role_weight: torch.Tensor,
     scale: float = 10.0,
+    mode: str = "bce",
 ) -> torch.Tensor:
     """Auxiliary grounding of the role-token state (switch ``loss.grounding``; not in the paper).
 
-    The role state must single out its referent among the vision tokens: the cosine similarity of
-    the last-layer role state with each vision token's last-layer state, scaled and shifted so
-    that cos > 0.5 predicts "inside the mask", is trained with BCE against the grid masks. The
-    feasibility run (FACTS.md) found the role state carrying too little about the referent; this
-    term asks for exactly that, with no extra parameters.
+    The role state must single out its referent among the vision tokens, by the cosine similarity
+    of the last-layer role state with each vision token's last-layer state. The feasibility run
+    (FACTS.md) found the role state carrying too little about the referent; this term asks for
+    exactly that, with no extra parameters.
+
+    mode "bce": ``scale * (cos - 0.5)`` trained with a mean BCE against the grid masks. With a few
+        positive tokens among K * g * g, "nothing matches" already scores low.
+    mode "contrastive": a softmax of ``scale * cos`` over all the clip's vision tokens, whose
+        cross-entropy against the mask (uniform over the referent's tokens) can only be lowered by
+        making the referent's tokens the most similar ones. Rows whose referent is on no keyframe
+        are skipped.
 
     role_states: float (B, R, D); vision_states: float (B, K, g, g, D); targets: float (B, R, K, g, g);
-    role_weight: float (B, R). Returns the sum over rows and roles of the mean BCE per (row, role).
+    role_weight: float (B, R). Returns the sum over rows and roles of the per-(row, role) loss.
     """
     s = F.normalize(role_states.float(), dim=-1)
     v = F.normalize(vision_states.float(), dim=-1)
     cos = torch.einsum("brd,bkyxd->brkyx", s, v)
-    logits = scale * (cos - 0.5)
-    bce = F.binary_cross_entropy_with_logits(logits, targets.float(), reduction="none")
-    return (reduce(bce, "b r k y x -> b r", "mean") * role_weight).sum()
+    if mode == "bce":
+        bce = F.binary_cross_entropy_with_logits(scale * (cos - 0.5), targets.float(), reduction="none")
+        return (reduce(bce, "b r k y x -> b r", "mean") * role_weight).sum()
+    if mode != "contrastive":
+        raise ValueError(f"unknown grounding mode {mode!r}; use 'bce' or 'contrastive'")
+    log_p = F.log_softmax(rearrange(scale * cos, "b r k y x -> b r (k y x)"), dim=-1)
+    tgt = rearrange(targets.float(), "b r k y x -> b r (k y x)")
+    area = tgt.sum(-1)  # (B, R)
+    per_role = -(tgt * log_p).sum(-1) / area.clamp_min(1.0)
+    return (per_role * role_weight * (area > 0)).sum()

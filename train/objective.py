@@ -38,7 +38,7 @@ def loss_terms(
         terms["object"] = losses.object_loss(out.object_logits, batch.present, weight)
     if cfg.grounding:
         terms["grounding"] = losses.grounding_loss(
-            out.role_states, vision_states, batch.grids, weight, cfg.grounding_scale
+            out.role_states, vision_states, batch.grids, weight, cfg.grounding_scale, cfg.grounding_mode
         )
     return terms
 
