@@ -33,6 +33,8 @@ from einops import rearrange
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from reviosa.hooks import this_thread_only
+
 __all__ = [
     "AttentionCapture",
     "AttentionRows",
@@ -296,9 +298,13 @@ class AttentionCapture:
         try:
             for i in self.layers:
                 attn = self.language_model.layers[i].self_attn
-                self._handles.append(attn.register_forward_pre_hook(self._make_pre_hook(i), with_kwargs=True))
-                self._handles.append(attn.q_proj.register_forward_hook(self._make_proj_hook(i, attn, "q")))
-                self._handles.append(attn.k_proj.register_forward_hook(self._make_proj_hook(i, attn, "k")))
+                # this_thread_only: another request running the same shared model must not feed
+                # this capture (reviosa/hooks.py).
+                pre = this_thread_only(self._make_pre_hook(i))
+                self._handles.append(attn.register_forward_pre_hook(pre, with_kwargs=True))
+                for name, proj in (("q", attn.q_proj), ("k", attn.k_proj)):
+                    hook = this_thread_only(self._make_proj_hook(i, attn, name))
+                    self._handles.append(proj.register_forward_hook(hook))
         except BaseException:
             self._remove_hooks()
             raise

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from reviosa.config import SamConfig
+from reviosa.hooks import this_thread_only
 
 
 def build_sam(cfg: SamConfig, device: torch.device | str = "cpu") -> nn.Module:
@@ -59,7 +60,7 @@ def language_prompt(sam: nn.Module, embedding: torch.Tensor) -> Iterator[None]:
             raise ValueError(f"prompt batch {extra.shape[0]} != image batch {sparse.shape[0]}")
         return torch.cat([sparse, extra], dim=1), dense
 
-    handle = sam.sam_prompt_encoder.register_forward_hook(hook)
+    handle = sam.sam_prompt_encoder.register_forward_hook(this_thread_only(hook))
     try:
         yield
     finally:
@@ -130,7 +131,9 @@ def decode_prompted(
         num_frames=num_frames,
     )
     raw: list[torch.Tensor] = []
-    hook = sam.sam_mask_decoder.register_forward_hook(lambda _m, _i, out: raw.append(out[0]))
+    hook = sam.sam_mask_decoder.register_forward_hook(
+        this_thread_only(lambda _m, _i, out: raw.append(out[0]))
+    )
     try:
         with language_prompt(sam, prompt):
             _, _, ious, low_res, high_res, obj_ptr, obj_score = sam._forward_sam_heads(

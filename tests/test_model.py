@@ -212,3 +212,26 @@ def test_keyframe_options_apply_to_one_call_only(tiny_model, random_frames):
     assert pred.keyframes == [0, 1, 2]
     (pred,) = tiny_model.segment(video, ["the dog"], logits_processor=force(tiny_model, [BOTH]))
     assert pred.keyframes == keyframe_indices(len(random_frames), 2, "uniform")  # the config's, unchanged
+
+
+def test_concurrent_requests_on_one_shared_model_do_not_mix(tiny_model, random_frames):
+    """Attention capture and SAM2 prompting use module hooks; threads must not feed each other's."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    videos = [ArrayVideo(random_frames), ArrayVideo(random_frames[::-1].copy())]
+    exprs = ["the dog", "a person walking"]
+
+    def run(i):
+        return tiny_model.segment(
+            videos[i], [exprs[i]], capture_attention=True, logits_processor=force(tiny_model, [BOTH])
+        )[0]
+
+    alone = [run(0), run(1)]
+    with ThreadPoolExecutor(2) as pool:
+        for _ in range(3):
+            together = list(pool.map(run, [0, 1, 0, 1]))
+            for i, pred in enumerate(together):
+                ref = alone[i % 2]
+                assert np.array_equal(np.asarray(pred.actor), np.asarray(ref.actor))
+                assert np.array_equal(np.asarray(pred.target), np.asarray(ref.target))
+                assert torch.allclose(pred.attention.rows, ref.attention.rows, atol=1e-6)
