@@ -55,10 +55,6 @@ class LoadedModel:
     model: object  # reviosa.modeling.ReviosaModel
     label: str
     demo: bool = False
-    # One segment() at a time per model: attention capture hooks the shared decoder layers, so two
-    # concurrent captures would each see the other's forward pass (AttentionCapture refuses that).
-    # Decoding the upload and rendering the outputs still run concurrently, outside the lock.
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 
 class ModelRegistry:
@@ -253,19 +249,18 @@ def run_request(
     text = check_expression(expression, limits, model)
     report(0.0, "decoding: opening the clip")
     video, notices = open_video(video_path, options, limits)
-    report(0.05, "MLLM: waiting for the model (another request is using it)")
     started = time.perf_counter()
-    with loaded.lock:
-        waited = time.perf_counter() - started
-        (pred,) = model.segment(
-            video,
-            [text],
-            capture_attention=True,
-            progress=lambda phase, frac: report(0.05 + 0.8 * frac, _phase_text(phase)),
-            logits_processor=logits_processor,
-            **keyframes,
-        )
-    timings = {**pred.timings, "queue": waited, "model_total": time.perf_counter() - started - waited}
+    # The model is shared read-only: its hooks act per thread (reviosa/hooks.py), so concurrent
+    # requests run side by side, up to the queue's concurrency limit.
+    (pred,) = model.segment(
+        video,
+        [text],
+        capture_attention=True,
+        progress=lambda phase, frac: report(0.05 + 0.8 * frac, _phase_text(phase)),
+        logits_processor=logits_processor,
+        **keyframes,
+    )
+    timings = {**pred.timings, "model_total": time.perf_counter() - started}
     out_dir = Path(tempfile.mkdtemp(prefix="reviosa-studio-"))
     started = time.perf_counter()
     rendered = render_outputs(video, pred, out_dir, options.alpha, report)
