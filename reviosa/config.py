@@ -65,6 +65,11 @@ class SamConfig:
     # ImageNet statistics, as SAM2 was trained with.
     pixel_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     pixel_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    # How frames after the keyframes are segmented. "memory": SAM2's memory tracks them from the
+    # prompted keyframes (the paper's inference; needs SAM2's trained memory modules). "per_frame":
+    # every frame is decoded from the prompt alone, exactly as training decodes frames; for models
+    # whose SAM2 was trained from scratch by our loop, which never trains the memory modules.
+    propagation: Literal["memory", "per_frame"] = "memory"
 
 
 @dataclass

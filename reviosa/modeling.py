@@ -418,6 +418,7 @@ class ReviosaModel(nn.Module):
                 len(active),
             )
             key_outputs[t] = self._frame_result(tracker.condition(t, feats, prompt.to(self.dtype)), (h, w))
+        per_frame = self.config.sam.propagation == "per_frame"
         for t, frame in enumerate(video.iter_frames()):
             if t in keyset:
                 masks, probs = key_outputs.pop(t)
@@ -426,7 +427,11 @@ class ReviosaModel(nn.Module):
                     self.device, self.dtype
                 )
                 feats = self._expand(sam_ops.encode_images(self.sam, pixels), len(active))
-                masks, probs = self._frame_result(tracker.track(t, feats), (h, w))
+                if per_frame:
+                    out = sam_ops.decode_prompted(self.sam, feats, prompt.to(self.dtype))
+                else:
+                    out = tracker.track(t, feats)
+                masks, probs = self._frame_result(out, (h, w))
             for n, key in enumerate(active):
                 tracks[key][t] = masks[n]
                 scores[key][t] = probs[n]

@@ -235,3 +235,21 @@ def test_concurrent_requests_on_one_shared_model_do_not_mix(tiny_model, random_f
                 assert np.array_equal(np.asarray(pred.actor), np.asarray(ref.actor))
                 assert np.array_equal(np.asarray(pred.target), np.asarray(ref.target))
                 assert torch.allclose(pred.attention.rows, ref.attention.rows, atol=1e-6)
+
+
+def test_per_frame_propagation_decodes_each_frame_on_its_own(tiny_tokenizer, random_frames):
+    """per_frame: a frame's masks depend on the prompt and that frame only (as in training)."""
+    from reviosa.modeling import ReviosaModel
+
+    cfg = tiny_config()
+    cfg.sam.propagation = "per_frame"
+    cfg.processor.keyframe_strategy = "first"
+    torch.manual_seed(0)
+    model = ReviosaModel(cfg, tiny_tokenizer).eval()
+    frames = random_frames.copy()
+    (a,) = model.segment(ArrayVideo(frames), ["the dog"], logits_processor=force(model, [BOTH]))
+    frames[5:] = frames[5:][::-1]  # keyframes 0, 1 unchanged; later frames shuffled
+    (b,) = model.segment(ArrayVideo(frames), ["the dog"], logits_processor=force(model, [BOTH]))
+    masks_a, masks_b = np.asarray(a.actor), np.asarray(b.actor)
+    assert np.array_equal(masks_a[:5], masks_b[:5])
+    assert np.array_equal(masks_a[5:], masks_b[5:][::-1])
