@@ -29,15 +29,26 @@ class CheckpointError(ValueError):
     """A checkpoint that does not match the model it claims to be."""
 
 
-def save_pretrained(model: ReviosaModel, directory: str | Path) -> Path:
-    """Write config, weights (safetensors) and tokenizer to ``directory``."""
+def save_pretrained(model: ReviosaModel, directory: str | Path, dtype: torch.dtype | None = None) -> Path:
+    """Write config, weights (safetensors) and tokenizer to ``directory``.
+
+    ``dtype`` stores floating-point tensors in that type (e.g. float16 for a half-size download);
+    `from_pretrained` casts to the dtype asked for when loading.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     model.config.save(directory)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state = {k: _stored(v, dtype) for k, v in model.state_dict().items()}
     save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "reviosa", "name": model.config.name})
     model.tokenizer.save_pretrained(str(directory))
     return directory
+
+
+def _stored(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    tensor = tensor.detach().cpu()
+    if dtype is not None and tensor.is_floating_point():
+        tensor = tensor.to(dtype)
+    return tensor.contiguous()
 
 
 def resolve(name_or_path: str | Path | None) -> Path:

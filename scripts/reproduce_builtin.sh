@@ -25,7 +25,8 @@ evaluate_builtin() {  # MODEL_DIR
       --json "$1/eval/scores_seed$seed.json" | tee "$1/eval/scores_seed$seed.txt"
   done
 }
-rm -rf reviosa/builtin.new && cp -r "$RUN/model" reviosa/builtin.new
+# float16 storage halves the download (from_pretrained loads it as float32)
+rm -rf reviosa/builtin.new && $PY -m train export "$RUN" --out reviosa/builtin.new --dtype float16
 evaluate_builtin reviosa/builtin.new
 rm -rf reviosa/builtin && mv reviosa/builtin.new reviosa/builtin
 echo "built-in model installed in reviosa/builtin"

@@ -253,3 +253,13 @@ def test_per_frame_propagation_decodes_each_frame_on_its_own(tiny_tokenizer, ran
     masks_a, masks_b = np.asarray(a.actor), np.asarray(b.actor)
     assert np.array_equal(masks_a[:5], masks_b[:5])
     assert np.array_equal(masks_a[5:], masks_b[5:][::-1])
+
+
+def test_half_precision_storage_loads_back_in_float32(tiny_model, tmp_path):
+    save_pretrained(tiny_model, tmp_path / "m", dtype=torch.float16)
+    loaded = from_pretrained(tmp_path / "m")
+    assert loaded.dtype == torch.float32
+    ref = tiny_model.state_dict()
+    for k, v in loaded.state_dict().items():
+        assert v.dtype == ref[k].dtype, k
+        assert torch.allclose(v, ref[k].to(torch.float16).to(ref[k].dtype)), k

@@ -44,6 +44,10 @@ def _parser() -> argparse.ArgumentParser:
     exp = sub.add_parser("export", help="write a run's newest checkpoint as a model folder, LoRA merged")
     exp.add_argument("run", help="run directory")
     exp.add_argument("--out", required=True, help="model folder to write")
+    exp.add_argument(
+        "--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
+        help="storage type of the floating-point weights (float16 halves the download)",
+    )  # fmt: skip
     return p
 
 
@@ -90,9 +94,11 @@ def _select_heads(args) -> int:
 
 
 def _export(args) -> int:
+    import torch
+
     from train.loop import export_run
 
-    path = export_run(args.run, args.out)
+    path = export_run(args.run, args.out, dtype=getattr(torch, args.dtype))
     print(f"wrote {path}")
     return 0
 

@@ -566,14 +566,15 @@ def load_run(run_dir: str | Path, device: str = "cpu"):
     return prepared
 
 
-def export_run(run_dir: str | Path, out: str | Path) -> Path:
-    """Write the newest checkpoint of a run as a ``from_pretrained`` folder, LoRA merged."""
+def export_run(run_dir: str | Path, out: str | Path, dtype: torch.dtype | None = None) -> Path:
+    """Write the newest checkpoint of a run as a ``from_pretrained`` folder, LoRA merged
+    (floating-point tensors stored as ``dtype`` when given)."""
     from reviosa.hub import save_pretrained
 
     prepared = load_run(run_dir)
     model = merged_model(prepared).eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    path = save_pretrained(model, out)
+    path = save_pretrained(model, out, dtype=dtype)
     logger.info("exported %s to %s", run_dir, path)
     return path
