@@ -71,9 +71,10 @@ def _fit(args) -> int:
 
 
 def _select_heads(args) -> int:
+    from reviosa.config import AttentionSupervision
     from reviosa.data import InterRVOSDataset
     from reviosa.hub import from_pretrained
-    from train.config import AttentionTarget, load_config
+    from train.config import load_config
     from train.select_heads import choose_samples, save_figures, select_heads
 
     out = Path(args.out)
@@ -83,7 +84,7 @@ def _select_heads(args) -> int:
     selection = select_heads(model, choose_samples(dataset, args.samples), top_k=args.top_k)
     (out / "selection.json").write_text(json.dumps(selection.to_json(), indent=2) + "\n")
     config = load_config(args.config, args.set)
-    config.attention = AttentionTarget(layer=selection.layer, heads=tuple(selection.heads))
+    config.attention = AttentionSupervision(layer=selection.layer, heads=tuple(selection.heads))
     config.save(out / "train_config.json")
     figures = save_figures(selection, out)
     print(f"layer {selection.layer}, heads {selection.heads} over {selection.samples} expressions")

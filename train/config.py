@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import yaml
 
+from reviosa.config import AttentionSupervision
 from reviosa.configio import from_dict
 
 CONFIG_NAME = "train_config.json"
@@ -92,14 +93,6 @@ class LossConfig:
     # bce: per-token BCE of scale * (cos - 0.5); contrastive: softmax over the clip's vision tokens
     # against the referent's tokens (docs/training.md, "Tricks")
     grounding_mode: Literal["bce", "contrastive"] = "bce"
-
-
-@dataclass
-class AttentionTarget:
-    """Layer and heads the AML supervises; None in `TrainConfig` uses the model config's."""
-
-    layer: int = 22
-    heads: tuple[int, ...] = (5, 7, 10, 11)
 
 
 @dataclass
@@ -200,7 +193,8 @@ class TrainConfig:
     model: ModelSource = field(default_factory=ModelSource)
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
-    attention: AttentionTarget | None = None
+    # AML layer and heads; None uses the model config's own (reviosa.config.AttentionSupervision).
+    attention: AttentionSupervision | None = None
     trainables: TrainablesConfig = field(default_factory=TrainablesConfig)
     data: DataConfig = field(default_factory=DataConfig)
     stages: list[Stage] = field(default_factory=list)
@@ -330,7 +324,7 @@ def synth_cpu_preset() -> TrainConfig:
             lr=5e-4, batch_size=4, accumulation=1, epochs=30, warmup_ratio=0.05, min_lr_ratio=0.05
         ),
         loss=LossConfig(object=1.0),
-        attention=AttentionTarget(layer=1, heads=(0, 1, 2, 3)),
+        attention=AttentionSupervision(layer=1, heads=(0, 1, 2, 3)),
         trainables=TrainablesConfig(train_all=True, lora=None),
         data=DataConfig(synth=SynthData(clips=400, val_clips=40, size=128, frames=(16, 48)), sam_frames=4),
         eval=EvalConfig(every=2000, clips=20),
@@ -343,7 +337,7 @@ def paper_1b_preset() -> TrainConfig:
     return TrainConfig(
         name="paper-1b",
         model=ModelSource(kind="parts", internvl="models/InternVL2_5-1B", sam2="models/sam2_hiera_large.pt"),
-        attention=AttentionTarget(layer=22, heads=(5, 7, 10, 11)),
+        attention=AttentionSupervision(layer=22, heads=(5, 7, 10, 11)),
         data=DataConfig(root="data/InterRVOS-127K", split="train", val_split="valid", keyframes=4),
         eval=EvalConfig(every=0, clips=50),
         checkpoint=CheckpointConfig(every=1000),
@@ -355,7 +349,7 @@ def paper_4b_preset() -> TrainConfig:
     config = paper_1b_preset()
     config.name = "paper-4b"
     config.model.internvl = "models/InternVL2_5-4B"
-    config.attention = AttentionTarget(layer=33, heads=(13, 12, 14, 6))
+    config.attention = AttentionSupervision(layer=33, heads=(13, 12, 14, 6))
     return config
 
 

@@ -93,29 +93,28 @@ def build_model(cfg: TrainConfig, corpus: list[str], run_dir: Path) -> ReviosaMo
 # --- what trains ----------------------------------------------------------------------------------
 
 
+# Parameter-name prefixes of each group, most specific first (embeddings before the rest of the LLM).
+_GROUP_PREFIXES = (
+    ("mllm.model.language_model.embed_tokens", "embeddings"),
+    ("mllm.model.language_model", "llm"),
+    ("mllm.lm_head", "lm_head"),
+    ("mllm.model.vision_tower", "vision"),
+    ("mllm.model.multi_modal_projector", "projector"),
+    ("prompt_proj", "prompt_mlp"),
+    ("sam.sam_mask_decoder", "sam_decoder"),
+    ("sam.image_encoder", "sam_encoder"),
+    ("sam.", "sam_other"),
+)
+
+
 def group_of(name: str) -> str:
     """The parameter group of a parameter name (of the model or its peft wrapper)."""
     name = name.removeprefix("base_model.model.")
     if "lora_" in name:
         return "lora"
-    if name.startswith("mllm.model.language_model.embed_tokens"):
-        return "embeddings"
-    if name.startswith("mllm.model.language_model"):
-        return "llm"
-    if name.startswith("mllm.lm_head"):
-        return "lm_head"
-    if name.startswith("mllm.model.vision_tower"):
-        return "vision"
-    if name.startswith("mllm.model.multi_modal_projector"):
-        return "projector"
-    if name.startswith("prompt_proj"):
-        return "prompt_mlp"
-    if name.startswith("sam.sam_mask_decoder"):
-        return "sam_decoder"
-    if name.startswith("sam.image_encoder"):
-        return "sam_encoder"
-    if name.startswith("sam."):
-        return "sam_other"
+    for prefix, group in _GROUP_PREFIXES:
+        if name.startswith(prefix):
+            return group
     raise ValueError(f"parameter {name} belongs to no known group")
 
 
