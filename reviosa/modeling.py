@@ -377,27 +377,29 @@ class ReviosaModel(nn.Module):
             [embeds, self.mllm.get_input_embeddings()(full_ids[:, input_ids.shape[1] :])], 1
         )
 
-        capture, holder = (
-            self._capture_factory(full_ids, positions, full_mask) if capture_attention else (None, {})
-        )
+        holder: dict = {}
+        capture = self._capture_factory(full_ids, positions, holder) if capture_attention else None
         hidden = self.hidden_states(full_embeds, full_mask, capture)
         role_prompts = self.prompts_from_states(hidden, positions)  # (E, R, P)
         return answers, positions, role_prompts, holder.get("rows")
 
-    def _capture_factory(self, input_ids, positions, mask):
+    def _capture_factory(self, input_ids, positions, holder: dict, **kwargs):
+        """A context-manager factory for `hidden_states`: captures the role tokens' attention rows
+        (``kwargs``: AttentionCapture's ``layers`` / ``heads``) into ``holder["rows"]``."""
         from reviosa.attention import AttentionCapture, vision_positions_from_ids
 
-        holder: dict = {}
         vision = vision_positions_from_ids(input_ids, self.processor.ids.img_context, self.config.grid)
 
         @contextlib.contextmanager
         def capture():
-            cap = AttentionCapture(self.language_model, positions.to(self.device), vision, self.config.grid)
+            cap = AttentionCapture(
+                self.language_model, positions.to(self.device), vision, self.config.grid, **kwargs
+            )
             with cap:
                 yield
             holder["rows"] = cap.result()
 
-        return capture, holder
+        return capture
 
     def _propagate(self, video, keyframes, key_frames, role_prompts, active, report):
         """Track every active (expression, role) through the clip. Returns tracks and scores."""
@@ -529,7 +531,7 @@ class ReviosaModel(nn.Module):
         holder: dict = {}
         factory = None
         if capture is not None:
-            factory = self._train_capture(input_ids, positions, capture, holder)
+            factory = self._capture_factory(input_ids, positions, holder, **capture)
         hidden = self.hidden_states(embeds, attention_mask, factory)  # (B, L, D)
 
         # Next-token prediction: the state at i predicts token i+1.
@@ -552,20 +554,6 @@ class ReviosaModel(nn.Module):
             object_logits=object_logits,
             attention=holder.get("rows"),
         )
-
-    def _train_capture(self, input_ids, positions, kwargs, holder):
-        from reviosa.attention import AttentionCapture, vision_positions_from_ids
-
-        vision = vision_positions_from_ids(input_ids, self.processor.ids.img_context, self.config.grid)
-
-        @contextlib.contextmanager
-        def capture():
-            cap = AttentionCapture(self.language_model, positions, vision, self.config.grid, **kwargs)
-            with cap:
-                yield
-            holder["rows"] = cap.result()
-
-        return capture
 
     def decode_frames(
         self,

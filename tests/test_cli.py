@@ -60,17 +60,8 @@ def test_predict_dataset_is_resumable(answering_model_dir, tmp_path):
 
     generate_split(tmp_path / "world", "test", clips=2, seed=5, size=64, frames=(8, 8))
     out = tmp_path / "results.json"
-    run_cli(
-        "predict",
-        "--dataset",
-        tmp_path / "world",
-        "--split",
-        "test",
-        "--model",
-        answering_model_dir,
-        "--out",
-        out,
-    )
+    args = ["predict", "--dataset", tmp_path / "world", "--split", "test", "--model", answering_model_dir]
+    run_cli(*args, "--out", out)
     first = json.loads(out.read_text())
     n = sum(len(v) for v in first["videos"].values())
     assert n > 0
@@ -82,16 +73,6 @@ def test_predict_dataset_is_resumable(answering_model_dir, tmp_path):
     exp = next(iter(first["videos"][vid]))
     del first["videos"][vid][exp]
     out.write_text(json.dumps(first))
-    proc = run_cli(
-        "predict",
-        "--dataset",
-        tmp_path / "world",
-        "--split",
-        "test",
-        "--model",
-        answering_model_dir,
-        "--out",
-        out,
-    )
+    proc = run_cli(*args, "--out", out)
     assert f"{n} expressions ({n - 1} already done)" in proc.stdout
     assert exp in json.loads(out.read_text())["videos"][vid]
