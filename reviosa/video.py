@@ -46,8 +46,8 @@ class VideoLimits:
 class VideoFile:
     """A video file read lazily with PyAV (mp4, webm, mov, avi, mkv, gif...).
 
-    Opening validates the file and counts its frames (demuxing only, no decoding where the
-    container knows its frame count). Raises FileNotFoundError / ValueError with what to do.
+    Opening validates the file and counts its frames by demuxing, decoding only the first frame.
+    Raises FileNotFoundError / ValueError with what to do.
     """
 
     def __init__(self, path: str | Path, limits: VideoLimits | None = None):
@@ -92,12 +92,15 @@ class VideoFile:
             )  # fmt: skip
 
     def _count_frames(self, container) -> int:
+        """Frames in the stream, by demuxing (no decoding): one packet per frame for every format
+        accepted (checked for mp4, webm, mov, avi, gif, mkv); container headers' own counts are
+        unreliable (0 for webm, estimates for some avi). The first frame is decoded, so a file
+        that demuxes but cannot be decoded fails here, with the clear message, not mid-request."""
         stream = container.streams.video[0]
-        # Container frame counts are unreliable (0 for webm, estimates for some avi); count
-        # decoded frames once instead. Decoding is cheap next to the model.
-        count = 0
-        for _ in container.decode(stream):
-            count += 1
+        count = sum(1 for packet in container.demux(stream) if packet.size > 0)
+        if count:
+            container.seek(0)
+            next(iter(container.decode(stream)), None)
         return count
 
     def iter_frames(self) -> Iterator[np.ndarray]:
