@@ -8,6 +8,7 @@ unpickled (safetensors only).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -96,17 +97,33 @@ def load_state(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path} is not a readable safetensors file ({err}); re-download it") from err
 
 
-def check_keys(expected: set[str], found: set[str], source: str) -> None:
-    """Raise CheckpointError naming missing and unexpected keys (at most 20 of each)."""
-    missing, unexpected = sorted(expected - found), sorted(found - expected)
-    if not missing and not unexpected:
-        return
+def check_state(
+    expected: dict[str, torch.Tensor],
+    state: dict[str, torch.Tensor],
+    source: str,
+    describe: Callable[[str], str] = str,
+) -> None:
+    """Raise CheckpointError naming missing, unexpected and wrongly shaped tensors (20 of each).
+
+    expected: the model's state dict; state: the checkpoint's, in the model's key names;
+    describe: how a key is named in the message (importers add the foreign name).
+    """
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = [
+        f"{describe(k)}: {tuple(state[k].shape)}, model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
     parts = []
     if missing:
-        parts.append(f"{len(missing)} missing key(s): {missing[:20]}")
+        parts.append(f"{len(missing)} missing key(s): {[describe(k) for k in missing[:20]]}")
     if unexpected:
-        parts.append(f"{len(unexpected)} unexpected key(s): {unexpected[:20]}")
-    raise CheckpointError(f"{source} does not match the model: " + "; ".join(parts))
+        parts.append(f"{len(unexpected)} unexpected key(s): {[describe(k) for k in unexpected[:20]]}")
+    if shapes:
+        parts.append(f"{len(shapes)} tensor(s) of the wrong shape: {shapes[:20]}")
+    if parts:
+        raise CheckpointError(f"{source} does not match the model: " + "; ".join(parts))
 
 
 def from_pretrained(
@@ -145,14 +162,7 @@ def from_pretrained(
     with parameters_on_meta():
         model = ReviosaModel(config, tokenizer)
     state = load_state(weights)
-    check_keys(set(model.state_dict()), set(state), str(weights))
-    shapes = [
-        f"{k}: {tuple(state[k].shape)} vs {tuple(v.shape)}"
-        for k, v in model.state_dict().items()
-        if tuple(state[k].shape) != tuple(v.shape)
-    ]
-    if shapes:
-        raise CheckpointError(f"{weights} has tensors of the wrong shape: {shapes[:20]}")
+    check_state(model.state_dict(), state, str(weights))
     model.load_state_dict(state, strict=True, assign=True)
     logger.info("loaded %s (%s) from %s", config.name, _count(model), directory)
     return model.to(device=device, dtype=dtype).eval()

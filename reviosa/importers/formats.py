@@ -22,7 +22,7 @@ from torch import nn
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from reviosa.config import CONFIG_NAME, SamConfig
-from reviosa.hub import CheckpointError
+from reviosa.hub import CheckpointError, check_state
 from reviosa.importers import keymaps, sources, vocab
 from reviosa.modeling import ReviosaModel, parameters_on_meta
 
@@ -217,25 +217,9 @@ def _fresh_prompt_mlp(model: ReviosaModel, seed: int) -> dict[str, torch.Tensor]
 
 def _check(model: ReviosaModel, state: dict[str, torch.Tensor], source: dict[str, str], fmt: Format) -> None:
     """Missing, unexpected and wrongly shaped tensors, each named in both layouts."""
-    expected = model.state_dict()
 
     def foreign(native: str) -> str:
         name = source.get(native) or fmt.keymap.foreign_key(native) or fmt.sam_keymap.foreign_key(native)
         return f"{native} ({name})" if name else native
 
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    shapes = [
-        f"{foreign(k)}: {tuple(state[k].shape)}, model {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and tuple(state[k].shape) != tuple(v.shape)
-    ]
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} missing key(s): {[foreign(k) for k in missing[:20]]}")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected key(s): {[foreign(k) for k in unexpected[:20]]}")
-    if shapes:
-        parts.append(f"{len(shapes)} tensor(s) of the wrong shape: {shapes[:20]}")
-    if parts:
-        raise CheckpointError(f"the {fmt.name} checkpoint does not match the model: " + "; ".join(parts))
+    check_state(model.state_dict(), state, f"the {fmt.name} checkpoint", describe=foreign)
