@@ -23,10 +23,15 @@ from reviosa import rle
 
 def entry(prediction) -> dict:
     """One expression's entry from a `reviosa.modeling.Prediction`."""
+    return track_entry(prediction.actor, prediction.target, prediction.answer)
+
+
+def track_entry(actor, target, answer: str) -> dict:
+    """One expression's entry from its mask tracks: each an iterable of bool (H, W), target or None."""
     return {
-        "actor": rle.encode_track(prediction.actor),
-        "target": rle.encode_track(prediction.target) if prediction.target is not None else None,
-        "answer": prediction.answer,
+        "actor": rle.encode_track(actor),
+        "target": rle.encode_track(target) if target is not None else None,
+        "answer": answer,
     }
 
 

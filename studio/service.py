@@ -407,8 +407,9 @@ def render_outputs(video, pred, out_dir: Path, alpha: float, report: Progress) -
     One decoding pass draws the overlays, writes the previews and keeps the keyframes (for the
     attention tab); the masks are read from the bit-packed tracks frame by frame.
     """
+    from reviosa import results
     from viz.overlay import overlay_frame
-    from viz.video import masks_to_png_zip, results_entry, write_mp4, write_results_json
+    from viz.video import masks_to_png_zip, write_mp4
 
     (out_dir / "frames").mkdir()
     segmented = pred.status == "ok"
@@ -432,9 +433,9 @@ def render_outputs(video, pred, out_dir: Path, alpha: float, report: Progress) -
     overlay_mp4 = write_mp4(out_dir / "overlay.mp4", overlays(), video.fps)
     report(0.97, "rendering: masks zip and RLE JSON")
     masks_zip = masks_to_png_zip(out_dir / "masks.zip", pred.actor, pred.target)
-    entry = results_entry(pred.actor, pred.target, pred.answer)
     # Same layout as `python -m reviosa predict` on one video: the file stem is the video id.
-    results_json = write_results_json(out_dir / "results.json", {Path(video.path).stem: {"0": entry}})
+    data = {"videos": {Path(video.path).stem: {"0": results.entry(pred)}}}
+    results_json = results.save(data, out_dir / "results.json")
     return {
         "overlay_mp4": overlay_mp4,
         "masks_zip": masks_zip,

@@ -15,7 +15,7 @@ import pytest
 from matplotlib.colors import to_rgba
 from PIL import Image
 
-from reviosa import rle
+from reviosa import results, rle
 from viz import annotate, attention, overlay, video
 from viz.annotate import OBJECT_PALETTE, label_anchor, label_objects
 from viz.attention import HIGHLIGHT_COLOR, head_grid, heatmap_overlay, keyframe_strip
@@ -288,9 +288,9 @@ def test_png_zip_contents(tmp_path):
 def test_rle_results_json(tmp_path):
     actor = _random_masks(2)
     actor[1] = False
-    entries = {"vid1": {"0": video.results_entry(actor, None, "Sure, [SEG_ACT]."),
-                        "1": video.results_entry(actor, actor[::-1], "Sure, [SEG_ACT] and [SEG_TAR].")}}  # fmt: skip
-    data = json.loads(video.write_results_json(tmp_path / "r.json", entries).read_text())
+    entries = {"vid1": {"0": results.track_entry(actor, None, "Sure, [SEG_ACT]."),
+                        "1": results.track_entry(actor, actor[::-1], "Sure, [SEG_ACT] and [SEG_TAR].")}}  # fmt: skip
+    data = json.loads(results.save({"videos": entries}, tmp_path / "r.json").read_text())
     single, pair = data["videos"]["vid1"]["0"], data["videos"]["vid1"]["1"]
     assert single["target"] is None and single["actor"][1] is None and single["answer"] == "Sure, [SEG_ACT]."
     for got, want in zip(pair["target"], actor[::-1], strict=True):

@@ -17,7 +17,7 @@ from viz.attention import (
     vision_mass,
 )
 from viz.overlay import ACTOR_COLOR, ROLE_COLORS, TARGET_COLOR, mask_contour, overlay_frame
-from viz.video import masks_to_png_zip, read_mp4, results_entry, write_mp4, write_results_json
+from viz.video import masks_to_png_zip, read_mp4, write_mp4
 
 __all__ = [
     "ACTOR_COLOR",
@@ -35,9 +35,7 @@ __all__ = [
     "plot_head_vision_mass",
     "plot_layer_vision_mass",
     "read_mp4",
-    "results_entry",
     "save_figure_png",
     "vision_mass",
     "write_mp4",
-    "write_results_json",
 ]

@@ -1,4 +1,5 @@
-"""Video and mask export: H.264 mp4 encoding, per-frame PNG masks in a zip, the RLE results JSON.
+"""Video and mask export: H.264 mp4 encoding and per-frame PNG masks in a zip (the RLE results JSON is
+``reviosa.results``).
 
 Everything streams: frames and masks may come from generators and are encoded one at a time, so a long
 video is never held in memory (peer tools run out of memory exactly there).
@@ -9,10 +10,9 @@ Axis letters: T frames, H/W pixels.
 from __future__ import annotations
 
 import io
-import json
 import logging
 import zipfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from fractions import Fraction
 from pathlib import Path
 
@@ -20,17 +20,13 @@ import av
 import numpy as np
 from PIL import Image
 
-from reviosa.rle import encode_track
-
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "masks_to_png_zip",
     "read_mp4",
-    "results_entry",
     "to_fraction",
     "write_mp4",
-    "write_results_json",
 ]
 
 # x264 settings: CRF 20 is visually lossless for overlays at this size; "veryfast" keeps the encoder
@@ -188,26 +184,3 @@ def _frame_name(frame_names: Sequence[str] | None, index: int) -> str:
     if index >= len(frame_names):
         raise ValueError(f"more frames than the {len(frame_names)} frame names given")
     return str(frame_names[index])
-
-
-def results_entry(
-    actor_masks: Iterable[np.ndarray], target_masks: Iterable[np.ndarray] | None, answer: str
-) -> dict:
-    """One expression's entry of the RLE results JSON (``reviosa.rle.encode_track`` per track).
-
-    Returns:
-        ``{"actor": [RLE or None per frame], "target": [...] or None, "answer": answer}``.
-    """
-    return {
-        "actor": encode_track(actor_masks),
-        "target": None if target_masks is None else encode_track(target_masks),
-        "answer": answer,
-    }
-
-
-def write_results_json(path: str | Path, entries: Mapping[str, Mapping[str, dict]]) -> Path:
-    """Write ``{"videos": {VIDEO_ID: {EXP_ID: results_entry(...)}}}`` to ``path`` and return it."""
-    path = Path(path)
-    with path.open("w", encoding="utf-8") as f:
-        json.dump({"videos": entries}, f)
-    return path
