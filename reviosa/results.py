@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from itertools import groupby
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +35,28 @@ def track_entry(actor, target, answer: str) -> dict:
         "target": rle.encode_track(target) if target is not None else None,
         "answer": answer,
     }
+
+
+def predict_videos(model, samples, batch: int = 8, **segment_options) -> Iterator[tuple[str, dict]]:
+    """Run ``model.segment`` over dataset samples, one video at a time.
+
+    samples: `reviosa.data.Sample`s, each video's samples consecutive (as datasets list them).
+    Expressions of one video run ``batch`` at a time on frames loaded lazily from the dataset.
+    Yields ``(video_id, {exp_id: entry})`` after each video, so callers can save as they go.
+    """
+    from reviosa.video import CallbackVideo
+
+    for video_id, group in groupby(samples, key=lambda s: s.video_id):
+        group = list(group)
+        first = group[0]
+        video = CallbackVideo(first.load_frames, first.num_frames, first.size)
+        entries = {}
+        for start in range(0, len(group), max(1, batch)):
+            chunk = group[start : start + batch]
+            preds = model.segment(video, [s.expression for s in chunk], **segment_options)
+            for sample, pred in zip(chunk, preds, strict=True):
+                entries[sample.exp_id] = entry(pred)
+        yield video_id, entries
 
 
 def load(path: str | Path) -> dict:

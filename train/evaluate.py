@@ -1,16 +1,14 @@
-"""Periodic evaluation during training: the inference path (``ReviosaModel.segment``, SAM2 memory
-propagation) on the first clips of a validation split, scored with ``reviosa.evaluation``."""
+"""Periodic evaluation during training: the inference path (``ReviosaModel.segment``, propagating as
+the model config says) on the first clips of a validation split, scored with ``reviosa.evaluation``."""
 
 from __future__ import annotations
 
 import logging
-from itertools import groupby
 
 import torch
 
 from reviosa.data import InterRVOSDataset
 from reviosa.modeling import ReviosaModel
-from reviosa.video import CallbackVideo
 
 logger = logging.getLogger(__name__)
 
@@ -28,20 +26,9 @@ class _Subset:
 
 def predict_results(model: ReviosaModel, samples, batch: int = 8) -> dict:
     """The results dict of ``predict --dataset`` for these samples (consecutive per video)."""
-    from reviosa import results
+    from reviosa.results import predict_videos
 
-    out: dict = {"videos": {}}
-    for video_id, group in groupby(samples, key=lambda s: s.video_id):
-        group = list(group)
-        first = group[0]
-        video = CallbackVideo(first.load_frames, first.num_frames, first.size)
-        for start in range(0, len(group), batch):
-            chunk = group[start : start + batch]
-            preds = model.segment(video, [s.expression for s in chunk])
-            entries = out["videos"].setdefault(video_id, {})
-            for sample, pred in zip(chunk, preds, strict=True):
-                entries[sample.exp_id] = results.entry(pred)
-    return out
+    return {"videos": dict(predict_videos(model, samples, batch))}
 
 
 def evaluate(model: ReviosaModel, dataset: InterRVOSDataset, clips: int) -> dict[str, float]:

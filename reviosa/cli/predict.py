@@ -75,13 +75,10 @@ def _predict_video(model, args) -> int:
 
 
 def _predict_dataset(model, args) -> int:
-    from itertools import groupby
-
     from tqdm import tqdm
 
     from reviosa import results
     from reviosa.data import InterRVOSDataset
-    from reviosa.video import CallbackVideo
 
     if not args.out:
         raise ValueError("--dataset needs --out RESULTS.json")
@@ -90,18 +87,10 @@ def _predict_dataset(model, args) -> int:
     todo = [s for s in dataset.samples() if s.exp_id not in done["videos"].get(s.video_id, {})]
     skipped = len(dataset) - len(todo)
     bar = tqdm(total=len(dataset), initial=skipped, desc="expressions", unit="exp")
-    for video_id, group in groupby(todo, key=lambda s: s.video_id):
-        samples = list(group)
-        first = samples[0]
-        video = CallbackVideo(first.load_frames, first.num_frames, first.size)
-        for start in range(0, len(samples), max(1, args.batch)):
-            chunk = samples[start : start + args.batch]
-            preds = model.segment(video, [s.expression for s in chunk], **_keyframe_options(args))
-            entries = done["videos"].setdefault(video_id, {})
-            for sample, pred in zip(chunk, preds, strict=True):
-                entries[sample.exp_id] = results.entry(pred)
-            bar.update(len(chunk))
+    for video_id, entries in results.predict_videos(model, todo, args.batch, **_keyframe_options(args)):
+        done["videos"].setdefault(video_id, {}).update(entries)
         results.save(done, args.out)  # after each video: an interrupted run resumes from here
+        bar.update(len(entries))
     bar.close()
     print(f"wrote {args.out}: {len(dataset)} expressions ({skipped} already done)")
     return 0
