@@ -408,29 +408,23 @@ class ReviosaModel(nn.Module):
         scores = {key: np.zeros(video.num_frames, dtype=np.float32) for key in active}
         if not active:
             return tracks, scores
-        prompt = torch.stack([role_prompts[e, r] for e, r in active]).unsqueeze(1)  # (N, 1, P)
-        tracker = sam_ops.MemoryTracker(self.sam, video.num_frames)
-        keyset = set(keyframes)
-        # Conditioning frames first (SAM2 reads all of them while tracking any frame).
-        key_pixels = sam_ops.preprocess(torch.from_numpy(key_frames), self.config.sam)
-        key_outputs = {}
-        for i, t in enumerate(keyframes):
-            feats = self._expand(
-                sam_ops.encode_images(self.sam, key_pixels[i : i + 1].to(self.device, self.dtype)),
-                len(active),
-            )
-            key_outputs[t] = self._frame_result(tracker.condition(t, feats, prompt.to(self.dtype)), (h, w))
-        per_frame = self.config.sam.propagation == "per_frame"
+        prompt = torch.stack([role_prompts[e, r] for e, r in active]).unsqueeze(1).to(self.dtype)  # (N, 1, P)
+        # per_frame: every frame, keyframes included, is decoded from the prompt as in training.
+        # memory: keyframes become SAM2's conditioning frames first (it reads all of them while
+        # tracking any frame), then the rest is tracked from memory.
+        tracker, key_outputs = None, {}
+        if self.config.sam.propagation == "memory":
+            tracker = sam_ops.MemoryTracker(self.sam, video.num_frames)
+            for t, frame in zip(keyframes, key_frames, strict=True):
+                out = tracker.condition(t, self._frame_features(frame, len(active)), prompt)
+                key_outputs[t] = self._frame_result(out, (h, w))
         for t, frame in enumerate(video.iter_frames()):
-            if t in keyset:
+            if t in key_outputs:
                 masks, probs = key_outputs.pop(t)
             else:
-                pixels = sam_ops.preprocess(torch.from_numpy(frame[None]), self.config.sam).to(
-                    self.device, self.dtype
-                )
-                feats = self._expand(sam_ops.encode_images(self.sam, pixels), len(active))
-                if per_frame:
-                    out = sam_ops.decode_prompted(self.sam, feats, prompt.to(self.dtype))
+                feats = self._frame_features(frame, len(active))
+                if tracker is None:
+                    out = sam_ops.decode_prompted(self.sam, feats, prompt)
                 else:
                     out = tracker.track(t, feats)
                 masks, probs = self._frame_result(out, (h, w))
@@ -442,6 +436,13 @@ class ReviosaModel(nn.Module):
                     f"propagating masks: frame {t + 1}/{video.num_frames}", 0.3 + 0.7 * t / video.num_frames
                 )
         return tracks, scores
+
+    def _frame_features(self, frame: np.ndarray, n: int) -> sam_ops.FrameFeatures:
+        """SAM2 features of one uint8 (H, W, 3) frame, shared by the n tracked prompts."""
+        pixels = sam_ops.preprocess(torch.from_numpy(frame[None]), self.config.sam).to(
+            self.device, self.dtype
+        )
+        return self._expand(sam_ops.encode_images(self.sam, pixels), n)
 
     @staticmethod
     def _expand(features: sam_ops.FrameFeatures, n: int) -> sam_ops.FrameFeatures:
