@@ -148,6 +148,9 @@ class TrainOutput:
     mask_logits: float (B, R, F, S/4, S/4) SAM2 low-res logits of the F decoded frames.
     object_logits: float (B, R, F) SAM2 object-presence logits.
     attention: AttentionRows (B, R, NL, NH, K, g, g) when capture was asked, else None.
+    role_prompts: float (B, R, P) the SAM2 prompts made from the role states.
+    example: when ``forward_train`` got example masks, the same decoding prompted by the masks'
+        pooled SAM2 features instead of the role states (see ``ExampleDecoding``), else None.
     """
 
     answer_logits: torch.Tensor
@@ -157,6 +160,24 @@ class TrainOutput:
     mask_logits: torch.Tensor
     object_logits: torch.Tensor
     attention: object | None = None
+    role_prompts: torch.Tensor | None = None
+    example: ExampleDecoding | None = None
+
+
+@dataclass
+class ExampleDecoding:
+    """SAM2 prompted by an example of the object instead of the language model (training only).
+
+    prompts: float (B, R, P) the mask-weighted mean of SAM2's top-level image features over the
+        role's ground-truth masks on the decoded frames; valid: bool (B, R), False where the role's
+        masks are empty (its prompt is zeros).
+    mask_logits: float (B, R, F, S/4, S/4); object_logits: float (B, R, F).
+    """
+
+    prompts: torch.Tensor
+    valid: torch.Tensor
+    mask_logits: torch.Tensor
+    object_logits: torch.Tensor
 
 
 class ReviosaModel(nn.Module):
@@ -505,6 +526,7 @@ class ReviosaModel(nn.Module):
         capture: dict | None = None,
         clip_index: torch.Tensor | None = None,
         decode_absent: bool = True,
+        example_masks: torch.Tensor | None = None,
     ) -> TrainOutput:
         """Teacher-forced forward for the losses.
 
@@ -518,6 +540,8 @@ class ReviosaModel(nn.Module):
             and both encoders run once per clip instead of once per row (same outputs).
         decode_absent: False skips SAM2 for roles whose token is not in the row (their mask and
             object logits are zeros), which no loss reads.
+        example_masks: optional float (B, R, F, h, w) ground-truth masks of the decoded frames;
+            given, the frames are also decoded from prompts pooled under them (``TrainOutput.example``).
         """
         image_index = None
         if clip_index is not None:
@@ -540,9 +564,16 @@ class ReviosaModel(nn.Module):
         supervised = shift_labels != -100
         answer_logits = self.mllm.lm_head(hidden[:, :-1][supervised])
         role_prompts = self.prompts_from_states(hidden, positions)  # (B, R, P)
-        mask_logits, object_logits = self.decode_frames(
-            sam_pixels, role_prompts, clip_index, None if decode_absent else present
-        )
+        roles = None if decode_absent else present
+        feats = self.encode_frames(sam_pixels)
+        f = sam_pixels.shape[1]
+        mask_logits, object_logits = self.decode_encoded(feats, f, role_prompts, clip_index, roles)
+        example = None
+        if example_masks is not None:
+            pooled, valid = self.example_prompts(feats, example_masks, clip_index)
+            example = ExampleDecoding(
+                pooled, valid, *self.decode_encoded(feats, f, pooled, clip_index, valid)
+            )
         states = torch.gather(
             hidden, 1, positions.clamp(min=0).unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
         )
@@ -554,6 +585,8 @@ class ReviosaModel(nn.Module):
             mask_logits=mask_logits,
             object_logits=object_logits,
             attention=holder.get("rows"),
+            role_prompts=role_prompts,
+            example=example,
         )
 
     def decode_frames(
@@ -570,17 +603,33 @@ class ReviosaModel(nn.Module):
         roles: optional bool (B, R): decode only these (row, role) pairs; the others get zero logits.
         Returns mask logits (B, R, F, S/4, S/4) and object logits (B, R, F).
         """
-        f = sam_pixels.shape[1]
-        b, r = prompts.shape[:2]
+        feats = self.encode_frames(sam_pixels)
+        return self.decode_encoded(feats, sam_pixels.shape[1], prompts, clip_index, roles)
+
+    def encode_frames(self, sam_pixels: torch.Tensor) -> sam_ops.FrameFeatures:
+        """SAM2 image features of (N, F, 3, S, S) frames, batch N*F (frame-minor)."""
         encoder_trains = any(p.requires_grad for p in self.sam.image_encoder.parameters())
         with torch.set_grad_enabled(encoder_trains and torch.is_grad_enabled()):
-            feats = sam_ops.encode_images(self.sam, sam_pixels.flatten(0, 1))  # batch B*F (or C*F)
+            return sam_ops.encode_images(self.sam, sam_pixels.flatten(0, 1))
+
+    def _frame_slots(self, n: int, f: int, clip_index: torch.Tensor | None, device) -> torch.Tensor:
+        """Index of each row's f frames in ``encode_frames``' batch: long (B, F)."""
+        clips = clip_index.to(device) if clip_index is not None else torch.arange(n, device=device)
+        return clips[:, None] * f + torch.arange(f, device=device)
+
+    def decode_encoded(
+        self,
+        feats: sam_ops.FrameFeatures,
+        f: int,
+        prompts: torch.Tensor,
+        clip_index: torch.Tensor | None = None,
+        roles: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``decode_frames`` on features from ``encode_frames`` (f frames per clip or row)."""
+        b, r = prompts.shape[:2]
         # One gather per feature level puts each decoded (row, frame, role) in SAM2's batch, order
         # (B, F, R): the frame's encoding, shared by the roles (and by the rows of one clip).
-        clips = clip_index if clip_index is not None else torch.arange(b, device=sam_pixels.device)
-        frames = clips.to(sam_pixels.device)[:, None] * f + torch.arange(
-            f, device=sam_pixels.device
-        )  # (B, F)
+        frames = self._frame_slots(b, f, clip_index, prompts.device)  # (B, F)
         index = frames[:, :, None].expand(b, f, r).reshape(-1)  # (B*F*R,)
         prompt = prompts.unsqueeze(1).expand(b, f, r, -1).reshape(b * f * r, 1, -1)
         keep = None
@@ -600,6 +649,27 @@ class ReviosaModel(nn.Module):
         logits = raw.reshape(b, f, r, *raw.shape[-2:]).transpose(1, 2)
         objects = scores.reshape(b, f, r).transpose(1, 2)
         return logits, objects
+
+    def example_prompts(
+        self, feats: sam_ops.FrameFeatures, masks: torch.Tensor, clip_index: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompts made from an example of each object: SAM2's top-level image features averaged
+        over its masks on all the decoded frames, weighted by the mask's cover of each feature cell.
+
+        feats: from ``encode_frames``; masks: float (B, R, F, h, w) with h, w multiples of the
+        feature grid. Returns prompts (B, R, C) and valid bool (B, R) (False: empty masks, zeros).
+        """
+        b, r, f = masks.shape[:3]
+        gy, gx = feats.feat_sizes[-1]
+        top = feats.vision_feats[-1]  # (gy*gx, N*F, C), SAM2's sequence-first layout
+        frames = self._frame_slots(b, f, clip_index, top.device)  # (B, F)
+        per_frame = top.index_select(1, frames.reshape(-1)).reshape(gy * gx, b, f, -1)
+        cover = F.adaptive_avg_pool2d(masks.flatten(0, 2).float(), (gy, gx)).reshape(b, r, f, gy * gx)
+        area = cover.sum((2, 3))  # (B, R)
+        summed = torch.einsum("brfn,nbfc->brc", cover.to(per_frame.dtype), per_frame)
+        valid = area > 0
+        prompts = summed / area.clamp_min(1e-6).unsqueeze(-1).to(summed.dtype)
+        return prompts * valid.unsqueeze(-1).to(prompts.dtype), valid
 
 
 def _first_index(input_ids: torch.Tensor, token: int) -> torch.Tensor:

@@ -619,3 +619,69 @@ def test_contrastive_grounding_prefers_the_referent_and_skips_absent_ones():
     cos = torch.nn.functional.cosine_similarity(vision.view(-1, d), vision[0, 1, 2, 0].view(1, d), dim=-1)
     expected = -torch.log_softmax(10 * cos, 0)[1 * g * g + 2 * g + 0]
     assert torch.isclose(good, expected, atol=1e-5)
+
+
+def test_example_prompts_pool_sam_features_under_the_masks(tiny_parts):
+    """Each (row, role) prompt is the cover-weighted mean of its clip's top-level SAM2 features over
+    the decoded frames; an empty mask gives an invalid, zero prompt."""
+    from train.data import collate
+
+    _, model, ds = tiny_parts
+    batch = collate([ds[(0, 0)], ds[(0, 1)]], model.processor.ids.pad)
+    with torch.no_grad():
+        feats = model.encode_frames(batch.sam_pixels)
+        prompts, valid = model.example_prompts(feats, batch.masks, batch.clip_of)
+    gy, gx = feats.feat_sizes[-1]
+    top = feats.vision_feats[-1]  # (gy*gx, C*F, D)
+    f = batch.sam_pixels.shape[1]
+    b, r = batch.masks.shape[:2]
+    for row in range(b):
+        for role in range(r):
+            m = batch.masks[row, role]  # (F, h, w)
+            if m.sum() == 0:
+                assert not valid[row, role] and prompts[row, role].abs().sum() == 0
+                continue
+            # by hand: each feature cell weighted by the fraction of it the mask covers
+            cells = m.reshape(f, gy, m.shape[-2] // gy, gx, m.shape[-1] // gx).mean((2, 4))
+            frames = top[:, batch.clip_of[row] * f : (batch.clip_of[row] + 1) * f]  # (gy*gx, F, D)
+            w = cells.reshape(f, gy * gx).T  # (gy*gx, F)
+            expected = (w[..., None] * frames).sum((0, 1)) / w.sum()
+            assert valid[row, role]
+            torch.testing.assert_close(prompts[row, role], expected, atol=1e-5, rtol=1e-4)
+    assert valid.any() and (~valid).any()  # rows without a target role exist in the tiny split
+
+
+def test_example_decoding_and_distill_terms_train(tiny_parts):
+    """With loss.example / loss.distill the step decodes from pooled prompts, reports both terms,
+    and a few steps pull the role prompts toward the pooled ones."""
+    import copy
+
+    from train.data import collate
+    from train.losses import distill_loss
+    from train.model import prepare_trainables
+    from train.objective import TrainStep
+
+    cfg, model, ds = tiny_parts
+    torch.manual_seed(0)
+    batch = collate([ds[(0, 0)], ds[(0, 1)]], model.processor.ids.pad)
+    loss_cfg = copy.deepcopy(cfg.loss)
+    loss_cfg.example, loss_cfg.distill = 1.0, 5.0
+    prepared = prepare_trainables(copy.deepcopy(model), cfg)
+    step = TrainStep(prepared.wrapper, loss_cfg, nominal_rows=4, bf16=False)
+    opt = torch.optim.AdamW([p for p in prepared.wrapper.parameters() if p.requires_grad], lr=1e-3)
+    history = []
+    for _ in range(8):
+        loss, terms = step(batch)
+        assert {"example", "distill"} <= set(terms)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        history.append(terms["distill"].item())
+    assert history[-1] < 0.85 * history[0]  # the pooled targets move too (the encoder trains)
+    # by hand: relative squared error, targets detached, unweighted roles left out
+    p = torch.tensor([[[1.0, 0.0], [5.0, 5.0]]], requires_grad=True)
+    t = torch.tensor([[[0.0, 2.0], [1.0, 1.0]]], requires_grad=True)
+    value = distill_loss(p, t, torch.tensor([[1.0, 0.0]]))
+    assert torch.isclose(value, torch.tensor(5.0 / 4.0))
+    value.backward()
+    assert t.grad is None or t.grad.abs().sum() == 0

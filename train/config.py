@@ -93,6 +93,11 @@ class LossConfig:
     # bce: per-token BCE of scale * (cos - 0.5); contrastive: softmax over the clip's vision tokens
     # against the referent's tokens (docs/training.md, "Tricks")
     grounding_mode: Literal["bce", "contrastive"] = "bce"
+    # Example prompts (docs/training.md, "Tricks"): SAM2 also decodes from its own features pooled
+    # under the ground-truth masks (seg loss x example), and the role prompts are pulled toward
+    # those pooled prompts (relative squared error x distill). Inference never sees them.
+    example: float = 0.0
+    distill: float = 0.0
 
 
 @dataclass

@@ -183,3 +183,17 @@ def grounding_loss(
     area = tgt.sum(-1)  # (B, R)
     per_role = -(tgt * log_p).sum(-1) / area.clamp_min(1.0)
     return (per_role * role_weight * (area > 0)).sum()
+
+
+def distill_loss(prompts: torch.Tensor, targets: torch.Tensor, role_weight: torch.Tensor) -> torch.Tensor:
+    """Pull the role prompts toward target prompts (switch ``loss.distill``; not in the paper).
+
+    Relative squared error ``|p - t|^2 / |t|^2`` per (row, role), so the term does not depend on
+    the scale of SAM2's features; the targets are detached (only the prompt's side moves).
+
+    prompts, targets: float (B, R, P); role_weight: float (B, R) (0 where a role has no target).
+    Returns the sum over rows and roles.
+    """
+    t = targets.detach().float()
+    err = (prompts.float() - t).pow(2).sum(-1) / t.pow(2).sum(-1).clamp_min(1e-6)
+    return (err * role_weight).sum()

@@ -19,7 +19,7 @@ from train import losses
 from train.config import LossConfig
 from train.data import Batch
 
-TERMS = ("mask_ce", "mask_dice", "aml", "text", "object", "grounding")
+TERMS = ("mask_ce", "mask_dice", "aml", "text", "object", "grounding", "example", "distill")
 
 
 def loss_terms(
@@ -40,13 +40,21 @@ def loss_terms(
         terms["grounding"] = losses.grounding_loss(
             out.role_states, vision_states, batch.grids, weight, cfg.grounding_scale, cfg.grounding_mode
         )
+    if out.example is not None:
+        valid = weight * out.example.valid.to(weight.dtype)
+        if cfg.example:
+            ex = losses.seg_loss(out.example.mask_logits, batch.masks, valid)
+            terms["example"] = ex.total(cfg.mask_ce, cfg.mask_dice)
+        if cfg.distill:
+            terms["distill"] = losses.distill_loss(out.role_prompts, out.example.prompts, valid)
     return terms
 
 
 def weighted_total(terms: dict[str, torch.Tensor], cfg: LossConfig) -> torch.Tensor:
     weights = {
         "mask_ce": cfg.mask_ce, "mask_dice": cfg.mask_dice, "aml": cfg.aml, "text": cfg.text,
-        "object": cfg.object, "grounding": cfg.grounding,
+        "object": cfg.object, "grounding": cfg.grounding, "example": cfg.example,
+        "distill": cfg.distill,
     }  # fmt: skip
     return sum(weights[name] * value for name, value in terms.items())
 
@@ -95,6 +103,7 @@ class TrainStep(nn.Module):
                 capture=capture,
                 clip_index=batch.clip_of,
                 decode_absent=False,  # no loss reads an absent role's masks (e.g. no [SEG_TAR])
+                example_masks=batch.masks if (self.loss_cfg.example or self.loss_cfg.distill) else None,
             )
         vision = None
         if self.loss_cfg.grounding:
