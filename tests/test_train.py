@@ -685,3 +685,45 @@ def test_example_decoding_and_distill_terms_train(tiny_parts):
     assert torch.isclose(value, torch.tensor(5.0 / 4.0))
     value.backward()
     assert t.grad is None or t.grad.abs().sum() == 0
+
+
+def test_all_objects_baseline_predicts_the_union_and_scores(synth_root, tmp_path):
+    """The model-free reference: every expression gets the union of the clip's objects for both
+    roles, and ``reviosa evaluate`` scores it (single-object expressions in multi-object clips
+    lose, so it is well below 100 and above 0)."""
+    from reviosa import rle
+    from reviosa.data import InterRVOSDataset
+    from reviosa.evaluation import evaluate_results
+    from reviosa.results import load
+    from train.baselines import main
+
+    out = tmp_path / "all.json"
+    main(["all-objects", "--data", str(synth_root), "--split", "train", "--out", str(out)])
+    results = load(out)
+    data = InterRVOSDataset(synth_root, "train")
+    sample = next(data.samples())
+    entry = results["videos"][sample.video_id][sample.exp_id]
+    union = np.zeros_like(sample.actor_masks())
+    for s in data.samples():
+        if s.video_id == sample.video_id:
+            union |= s.actor_masks()
+            if s.has_target:
+                union |= s.target_masks()
+    got = np.stack([rle.decode(m) for m in entry["actor"]])
+    assert np.array_equal(got, union) and entry["target"] == entry["actor"]
+    scores = evaluate_results(data, results, workers=1).to_json()
+    assert 0 < scores["rvos"]["JF"] < 100
+
+
+def test_ablation_table_reads_the_scores(tmp_path):
+    from train.ablation_table import table
+
+    def score(jf):
+        return {k: {"J": jf, "F": jf, "JF": jf, "count": 1} for k in ("actor", "target", "rvos")}
+
+    (tmp_path / "single_seg.json").write_text(json.dumps(score(10.0)))
+    (tmp_path / "two_tokens_aml.json").write_text(json.dumps(score(42.25)))
+    rows = table(tmp_path).splitlines()
+    assert rows[2] == "| (i) single_seg | no | no | 10.0 | - | 10.0 |"
+    assert "not run" in rows[3] and "not run" in rows[4]
+    assert rows[5] == "| (iv) two_tokens_aml | yes | yes | 42.2 | 42.2 | 42.2 |"
