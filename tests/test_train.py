@@ -736,6 +736,9 @@ def test_diagnose_reports_prompt_following(tiny_parts):
 
     _, model, ds = tiny_parts
     stats = diagnose(model, ds, count=2)
+    # the overlap is measured on real actor/target pairs, not an empty list
+    keys = [k for c in range(2) for k in ds[(0, c)].keys]
+    assert any(ds.dataset.sample(*k).caption_type == "unidirectional" for k in keys)
     assert stats["truth_actor_vs_target_iou"] == 0.0
     for key in ("llm_iou", "example_iou", "llm_actor_vs_target_iou", "zeros_flipped_fraction"):
         assert 0.0 <= stats[key] <= 1.0
