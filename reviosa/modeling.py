@@ -612,7 +612,8 @@ class ReviosaModel(nn.Module):
         with torch.set_grad_enabled(encoder_trains and torch.is_grad_enabled()):
             return sam_ops.encode_images(self.sam, sam_pixels.flatten(0, 1))
 
-    def _frame_slots(self, n: int, f: int, clip_index: torch.Tensor | None, device) -> torch.Tensor:
+    @staticmethod
+    def _frame_slots(n: int, f: int, clip_index: torch.Tensor | None, device) -> torch.Tensor:
         """Index of each row's f frames in ``encode_frames``' batch: long (B, F)."""
         clips = clip_index.to(device) if clip_index is not None else torch.arange(n, device=device)
         return clips[:, None] * f + torch.arange(f, device=device)

@@ -11,41 +11,32 @@ learned which one is referred to (the plateau FACTS.md describes). Its results f
 from __future__ import annotations
 
 import argparse
-import json
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
-from reviosa import rle
+from reviosa.data import InterRVOSDataset
 from reviosa.results import save, track_entry
 
 
-def all_objects(root: Path, split: str) -> dict:
-    """A results dict (``reviosa.results`` layout) predicting every object for both roles."""
-    folder = root / split
-    meta = json.loads((folder / "meta_expressions.json").read_text())["videos"]
-    masks = json.loads((folder / "mask_dict.json").read_text())
+def all_objects(dataset: InterRVOSDataset) -> dict:
+    """A results dict (``reviosa.results`` layout) predicting, for every expression and both roles,
+    the union of every actor and target the clip's expressions name."""
+    by_video = defaultdict(list)
+    for sample in dataset.samples():
+        by_video[sample.video_id].append(sample)
     out: dict = {"videos": {}}
-    for video, info in meta.items():
-        annos = {a for e in info["expressions"].values() for a in e["anno_id"]}
-        annos |= {
-            a for e in info["expressions"].values() for a in e.get("subject/object", {})
-            .get("anno_id", {}).get("object", [])
-        }  # fmt: skip
-        union = _union([masks[str(a)] for a in sorted(annos)], len(info["frames"]))
-        out["videos"][video] = {exp: track_entry(union, union, "all objects") for exp in info["expressions"]}
+    for video, samples in by_video.items():
+        union = np.zeros((len(samples[0].frame_names), *samples[0].size), dtype=bool)  # (T, H, W)
+        seen: set[tuple[str, ...]] = set()  # expressions share objects: decode each set once
+        for s in samples:
+            for ids, masks in ((s.actor_ids, s.actor_masks), (s.target_ids, s.target_masks)):
+                if ids and ids not in seen:
+                    seen.add(ids)
+                    union |= masks()
+        out["videos"][video] = {s.exp_id: track_entry(union, union, "all objects") for s in samples}
     return out
-
-
-def _union(tracks: list[list[dict | None]], frames: int) -> np.ndarray:
-    """OR of per-frame RLE tracks: bool (T, H, W)."""
-    size = next(tuple(m["size"]) for t in tracks for m in t if m is not None)
-    union = np.zeros((frames, *size), dtype=bool)
-    for track in tracks:
-        for t, m in enumerate(track):
-            if m is not None:
-                union[t] |= rle.decode(m, size)
-    return union
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -55,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--split", default="test")
     parser.add_argument("--out", required=True, help="results JSON to write")
     args = parser.parse_args(argv)
-    save(all_objects(Path(args.data), args.split), args.out)
+    save(all_objects(InterRVOSDataset(Path(args.data), args.split)), args.out)
     print(f"wrote {args.out}")
 
 

@@ -18,16 +18,10 @@ import argparse
 import torch
 
 from reviosa.data import InterRVOSDataset
+from reviosa.evaluation import iou
 from reviosa.hub import from_pretrained
 from train.config import load_config
 from train.data import ClipDataset, collate
-
-
-def iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """IoU over the last two dims of bool masks (1 where both are empty)."""
-    inter = (a & b).flatten(-2).sum(-1).float()
-    union = (a | b).flatten(-2).sum(-1).float()
-    return torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
 
 
 def diagnose(model, clips: ClipDataset, count: int, seed: int = 0) -> dict[str, float]:
@@ -46,9 +40,11 @@ def diagnose(model, clips: ClipDataset, count: int, seed: int = 0) -> dict[str, 
                 b.input_ids, b.attention_mask, b.labels, b.mllm_pixels, b.sam_pixels,
                 clip_index=b.clip_of, decode_absent=False, example_masks=b.masks,
             )  # fmt: skip
-            gt, weighted, both = b.masks > 0.5, b.role_weight > 0, b.role_weight[:, 1] > 0
+            # numpy for reviosa.evaluation.iou (bool (..., H, W) -> per frame, both empty -> 1)
+            gt = (b.masks > 0.5).numpy()
+            weighted, both = (b.role_weight > 0).numpy(), (b.role_weight[:, 1] > 0).numpy()
             for name, logits in (("llm", out.mask_logits), ("example", out.example.mask_logits)):
-                pred = logits > 0
+                pred = (logits > 0).numpy()
                 add(f"{name}_iou", iou(pred, gt).mean(-1)[weighted].tolist())
                 add(f"{name}_actor_vs_target_iou", iou(pred[both, 0], pred[both, 1]).mean(-1).tolist())
             add("truth_actor_vs_target_iou", iou(gt[both, 0], gt[both, 1]).mean(-1).tolist())
