@@ -364,6 +364,23 @@ def test_stage_with_zero_scale_freezes_a_group(synth_root, tmp_path):
     assert not torch.equal(prompt_before, trainer.model.prompt_proj[0].weight)
 
 
+def test_stage_loss_scale_reweights_terms_from_its_start(synth_root, tmp_path):
+    from train.config import LOSS_TERMS
+    from train.loop import Trainer, stage_loss_scale
+
+    stages = "stages=[{start: 0.0, loss_scale: {text: 0.0, mask_ce: 3.0}}, {start: 0.5}]"
+    cfg = tiny_cfg(synth_root, "optim.max_steps=2", stages)
+    assert stage_loss_scale(cfg.stages, 0.4) == {"text": 0.0, "mask_ce": 3.0}
+    assert stage_loss_scale(cfg.stages, 0.5) == {}
+    first, second = Trainer(cfg, tmp_path / "run").fit()
+    for record, scale in ((first, {"text": 0.0, "mask_ce": 3.0}), (second, {})):
+        terms = [name for name in LOSS_TERMS if name in record]
+        expected = sum(getattr(cfg.loss, n) * scale.get(n, 1.0) * record[n] for n in terms)
+        assert record["text"] > 0 and record["loss"] == pytest.approx(expected, rel=1e-4)
+    with pytest.raises(ValueError, match="unknown terms"):
+        load_config("tiny", ["stages=[{start: 0.0, loss_scale: {seg: 0.0}}]"])
+
+
 # --- DDP --------------------------------------------------------------------------------------------
 
 

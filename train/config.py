@@ -31,6 +31,8 @@ CONFIG_NAME = "train_config.json"
 LORA_TARGET = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
 # Parameter groups, for learning-rate stages and for reporting what trains.
+# Loss terms, in the order they are logged (train.objective computes them).
+LOSS_TERMS = ("mask_ce", "mask_dice", "aml", "text", "object", "grounding", "example", "distill")
 GROUPS = (
     "lora", "llm", "embeddings", "lm_head", "vision", "projector", "prompt_mlp",
     "sam_decoder", "sam_encoder", "sam_other",
@@ -163,10 +165,13 @@ class DataConfig:
 @dataclass
 class Stage:
     """From ``start`` (fraction of the optimizer steps) on, multiply each group's lr by ``lr_scale``
-    (a group left out keeps 1.0; 0 freezes it without changing what DDP tracks)."""
+    (a group left out keeps 1.0; 0 freezes it without changing what DDP tracks) and each loss
+    term's weight by ``loss_scale`` (a term left out keeps 1.0). Curricula are written this way,
+    e.g. SAM2 first on example prompts: ``{start: 0, loss_scale: {mask_ce: 0, mask_dice: 0}}``."""
 
     start: float = 0.0
     lr_scale: dict[str, float] = field(default_factory=dict)
+    loss_scale: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -223,6 +228,9 @@ class TrainConfig:
             unknown = sorted(set(stage.lr_scale) - set(GROUPS))
             if unknown:
                 raise ValueError(f"stage lr_scale names unknown groups {unknown}; groups: {list(GROUPS)}")
+            unknown = sorted(set(stage.loss_scale) - set(LOSS_TERMS))
+            if unknown:
+                raise ValueError(f"stage loss_scale names unknown terms {unknown}; terms: {list(LOSS_TERMS)}")
         starts = [s.start for s in self.stages]
         if starts != sorted(starts):
             raise ValueError("stages must be listed in order of start")

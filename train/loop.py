@@ -117,6 +117,15 @@ def stage_scale(stages, group: str, fraction: float) -> float:
     return scale
 
 
+def stage_loss_scale(stages, fraction: float) -> dict[str, float]:
+    """Loss-term multipliers of the last stage that has started at ``fraction`` of training."""
+    scale: dict[str, float] = {}
+    for stage in stages:
+        if fraction >= stage.start:
+            scale = dict(stage.loss_scale)
+    return scale
+
+
 # --- RNG -------------------------------------------------------------------------------------------
 
 
@@ -326,6 +335,7 @@ class Trainer:
         sums = {t: 0.0 for t in TERMS}
         loss_sum = torch.zeros((), device=self.dist.device)
         present = set()
+        self.step_module.loss_scale = stage_loss_scale(self.cfg.stages, self.step / self.total_steps)
         for m in range(o.accumulation):
             batch = next(batches).to(self.dist.device)
             last = m == o.accumulation - 1

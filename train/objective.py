@@ -16,10 +16,10 @@ from torch import nn
 from reviosa.attention import vision_positions_from_ids
 from reviosa.modeling import ReviosaModel, TrainOutput
 from train import losses
-from train.config import LossConfig
+from train.config import LOSS_TERMS, LossConfig
 from train.data import Batch
 
-TERMS = ("mask_ce", "mask_dice", "aml", "text", "object", "grounding", "example", "distill")
+TERMS = LOSS_TERMS
 
 
 def loss_terms(
@@ -50,13 +50,17 @@ def loss_terms(
     return terms
 
 
-def weighted_total(terms: dict[str, torch.Tensor], cfg: LossConfig) -> torch.Tensor:
+def weighted_total(
+    terms: dict[str, torch.Tensor], cfg: LossConfig, scale: dict[str, float] | None = None
+) -> torch.Tensor:
+    """Sum of the terms by their config weights, each times ``scale[name]`` (a stage's loss_scale)."""
+    scale = scale or {}
     weights = {
         "mask_ce": cfg.mask_ce, "mask_dice": cfg.mask_dice, "aml": cfg.aml, "text": cfg.text,
         "object": cfg.object, "grounding": cfg.grounding, "example": cfg.example,
         "distill": cfg.distill,
     }  # fmt: skip
-    return sum(weights[name] * value for name, value in terms.items())
+    return sum(weights[name] * scale.get(name, 1.0) * value for name, value in terms.items())
 
 
 class TrainStep(nn.Module):
@@ -69,6 +73,7 @@ class TrainStep(nn.Module):
         self.loss_cfg = loss
         self.nominal_rows = nominal_rows
         self.bf16 = bf16
+        self.loss_scale: dict[str, float] = {}  # the current stage's, set by the loop each step
 
     @property
     def model(self) -> ReviosaModel:
@@ -109,7 +114,7 @@ class TrainStep(nn.Module):
         if self.loss_cfg.grounding:
             vision = _vision_states(hidden["last"], batch.input_ids, model)
         terms = loss_terms(out, batch, self.loss_cfg, vision)
-        total = weighted_total(terms, self.loss_cfg) / self.nominal_rows
+        total = weighted_total(terms, self.loss_cfg, self.loss_scale) / self.nominal_rows
         return total, {k: v.detach() for k, v in terms.items()}
 
     @staticmethod
