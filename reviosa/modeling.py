@@ -625,24 +625,33 @@ class ReviosaModel(nn.Module):
         prompts: torch.Tensor,
         clip_index: torch.Tensor | None = None,
         roles: torch.Tensor | None = None,
+        points: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``decode_frames`` on features from ``encode_frames`` (f frames per clip or row)."""
+        """``decode_frames`` on features from ``encode_frames`` (f frames per clip or row).
+
+        points: optional SAM2 clicks with the prompts (training probes, ``train.probe_sam``):
+        coordinates float (B, R, F, P, 2) in input pixels and labels long (B, R, F, P).
+        """
         b, r = prompts.shape[:2]
         # One gather per feature level puts each decoded (row, frame, role) in SAM2's batch, order
         # (B, F, R): the frame's encoding, shared by the roles (and by the rows of one clip).
         frames = self._frame_slots(b, f, clip_index, prompts.device)  # (B, F)
         index = frames[:, :, None].expand(b, f, r).reshape(-1)  # (B*F*R,)
         prompt = prompts.unsqueeze(1).expand(b, f, r, -1).reshape(b * f * r, 1, -1)
+        clicks = None
+        if points is not None:  # (B, R, F, ...) -> SAM2's (B*F*R, ...) order
+            clicks = tuple(x.transpose(1, 2).reshape(b * f * r, *x.shape[3:]) for x in points)
         keep = None
         if roles is not None:
             keep = roles.to(index.device)[:, None, :].expand(b, f, r).reshape(-1).nonzero()[:, 0]  # (N,)
             index, prompt = index[keep], prompt[keep]
+            clicks = None if clicks is None else tuple(x[keep] for x in clicks)
         feats = sam_ops.FrameFeatures(
             [x.index_select(1, index) for x in feats.vision_feats],
             [x.index_select(1, index) for x in feats.vision_pos],
             feats.feat_sizes,
         )
-        out = sam_ops.decode_prompted(self.sam, feats, prompt)
+        out = sam_ops.decode_prompted(self.sam, feats, prompt, points=clicks)
         raw, scores = out["raw_masks"][:, 0], out["object_score_logits"][:, 0]  # (N, h, w), (N,)
         if keep is not None:  # back to every (B, F, R) slot, zeros where nothing was decoded
             raw = raw.new_zeros(b * f * r, *raw.shape[1:]).index_copy(0, keep, raw)

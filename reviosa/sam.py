@@ -108,8 +108,11 @@ def decode_prompted(
     output_dict: dict | None = None,
     frame_idx: int = 0,
     num_frames: int = 1,
+    points: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Decode frames as SAM2 conditioning frames prompted only by ``prompt`` (B, 1, C).
+    """Decode frames as SAM2 conditioning frames prompted by ``prompt`` (B, 1, C) and, optionally,
+    SAM2's own clicks ``points``: coordinates float (B, P, 2) as (x, y) in pixels of the S x S
+    input, labels long (B, P) (1 object, 0 background, -1 padding: no click).
 
     Training and inference share this function, so the decoder is used the same way in both:
     single-mask output (the prompt is not ambiguous, unlike a single click) and the "no memory"
@@ -130,6 +133,9 @@ def decode_prompted(
         output_dict=output_dict,
         num_frames=num_frames,
     )
+    point_inputs = None
+    if points is not None:
+        point_inputs = {"point_coords": points[0], "point_labels": points[1]}
     raw: list[torch.Tensor] = []
     hook = sam.sam_mask_decoder.register_forward_hook(
         this_thread_only(lambda _m, _i, out: raw.append(out[0]))
@@ -138,7 +144,7 @@ def decode_prompted(
         with language_prompt(sam, prompt):
             _, _, ious, low_res, high_res, obj_ptr, obj_score = sam._forward_sam_heads(
                 backbone_features=pix_feat,
-                point_inputs=None,
+                point_inputs=point_inputs,
                 mask_inputs=None,
                 high_res_features=features.high_res(),
                 multimask_output=False,
@@ -146,7 +152,7 @@ def decode_prompted(
     finally:
         hook.remove()
     return {
-        "point_inputs": None,
+        "point_inputs": point_inputs,
         "mask_inputs": None,
         "pred_masks": low_res,
         "pred_masks_high_res": high_res,

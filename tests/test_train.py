@@ -760,3 +760,62 @@ def test_diagnose_reports_prompt_following(tiny_parts):
     for key in ("llm_iou", "example_iou", "llm_actor_vs_target_iou", "zeros_flipped_fraction"):
         assert 0.0 <= stats[key] <= 1.0
     assert stats["zeros_max_logit_change"] > 0.0
+
+
+def test_sample_clicks_land_inside_their_masks():
+    from train.probe_sam import sample_clicks
+
+    masks = torch.zeros(1, 2, 2, 8, 8)
+    masks[0, 0, 0, 3, 5] = 1.0  # one pixel: the click must be its centre
+    masks[0, 0, 1, 6:, :2] = 1.0
+    masks[0, 1, 0] = 1.0  # role 1 frame 1 stays empty
+    coords, labels = sample_clicks(masks, 32, torch.Generator().manual_seed(0))
+    assert coords.shape == (1, 2, 2, 1, 2) and labels.shape == (1, 2, 2, 1)
+    assert coords[0, 0, 0, 0].tolist() == [5.5 * 4, 3.5 * 4]
+    x, y = coords[0, 0, 1, 0].tolist()
+    assert masks[0, 0, 1, int(y // 4), int(x // 4)] == 1.0
+    assert labels[..., 0].tolist() == [[[1, 1], [1, -1]]]
+
+
+def test_clicks_steer_the_decoder_per_role_and_frame(tiny_parts):
+    """Clicks reach the (row, role, frame) they belong to: moving one role's click on one frame
+    changes that slot's logits and no other."""
+    from train.data import collate
+
+    _, model, ds = tiny_parts
+    batch = collate([ds[(0, 0)]], model.processor.ids.pad)
+    b, r, f = batch.masks.shape[:3]
+    size = model.config.sam.image_size
+    coords = torch.full((b, r, f, 1, 2), size / 4)
+    labels = torch.ones(b, r, f, 1, dtype=torch.long)
+    prompts = torch.zeros(b, r, model.config.prompt_dim)
+    with torch.no_grad():
+        feats = model.encode_frames(batch.sam_pixels)
+        base, _ = model.decode_encoded(feats, f, prompts, batch.clip_of, points=(coords, labels))
+        moved = coords.clone()
+        moved[0, 1, f - 1] = size * 3 / 4
+        out, _ = model.decode_encoded(feats, f, prompts, batch.clip_of, points=(moved, labels))
+    changed = (out - base).abs().amax((-2, -1))  # (B, R, F)
+    assert changed[0, 1, f - 1] > 1e-4
+    changed[0, 1, f - 1] = 0
+    assert torch.all(changed < 1e-6)
+
+
+def test_probe_sam_trains_a_fresh_sam_alone(tiny_parts):
+    from train.probe_sam import ProbeSettings, probe
+
+    _, model, ds = tiny_parts
+    llm_before = model.prompt_proj[0].weight.clone()
+    old_sam = model.sam
+    try:
+        for prompts in ("example", "clicks"):
+            settings = ProbeSettings(prompts=prompts, steps=2, every=1, clips=1, batch_size=1)
+            records = probe(model, ds, ds, settings, report=lambda _line: None)
+            assert [r["step"] for r in records] == [1, 2]
+            for r in records:
+                assert np.isfinite(r["loss"]) and 0.0 <= r["iou"] <= 1.0
+                assert 0.0 <= r["actor_vs_target_iou"] <= 1.0
+        assert model.sam is not old_sam  # re-initialised, the shared fixture's SAM2 untouched
+        assert torch.equal(llm_before, model.prompt_proj[0].weight)
+    finally:
+        model.sam = old_sam
