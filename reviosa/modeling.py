@@ -527,6 +527,7 @@ class ReviosaModel(nn.Module):
         clip_index: torch.Tensor | None = None,
         decode_absent: bool = True,
         example_masks: torch.Tensor | None = None,
+        example_grad: bool = False,
     ) -> TrainOutput:
         """Teacher-forced forward for the losses.
 
@@ -542,6 +543,10 @@ class ReviosaModel(nn.Module):
             object logits are zeros), which no loss reads.
         example_masks: optional float (B, R, F, h, w) ground-truth masks of the decoded frames;
             given, the frames are also decoded from prompts pooled under them (``TrainOutput.example``).
+        example_grad: let the example decoding's gradient reach SAM2's encoder through the pooled
+            prompts. Off, the decoder sees them as fixed inputs: with the gradient, the encoder
+            learned to make objects' pooled features alike (a varying prompt is noise to a decoder
+            that does not follow it yet) instead of the decoder learning to follow them.
         """
         image_index = None
         if clip_index is not None:
@@ -571,9 +576,8 @@ class ReviosaModel(nn.Module):
         example = None
         if example_masks is not None:
             pooled, valid = self.example_prompts(feats, example_masks, clip_index)
-            example = ExampleDecoding(
-                pooled, valid, *self.decode_encoded(feats, f, pooled, clip_index, valid)
-            )
+            given = pooled if example_grad else pooled.detach()
+            example = ExampleDecoding(pooled, valid, *self.decode_encoded(feats, f, given, clip_index, valid))
         states = torch.gather(
             hidden, 1, positions.clamp(min=0).unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
         )

@@ -762,6 +762,29 @@ def test_diagnose_reports_prompt_following(tiny_parts):
     assert stats["zeros_max_logit_change"] > 0.0
 
 
+def test_example_grad_switches_the_encoders_path_through_the_pooled_prompts(tiny_parts):
+    """The example decoding reaches SAM2's encoder through the image path always, and through the
+    pooled prompts only with example_grad: the prompts are the same, the encoder's gradient not."""
+    from train.data import collate
+
+    _, model, ds = tiny_parts
+    b = collate([ds[(0, 0)]], model.processor.ids.pad)
+    encoder = [p for p in model.sam.image_encoder.parameters() if p.requires_grad]
+    grads, prompts = [], []
+    for example_grad in (False, True):
+        model.zero_grad(set_to_none=True)
+        out = model.forward_train(
+            b.input_ids, b.attention_mask, b.labels, b.mllm_pixels, b.sam_pixels,
+            clip_index=b.clip_of, example_masks=b.masks, example_grad=example_grad,
+        )  # fmt: skip
+        out.example.mask_logits.square().mean().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in encoder]))
+        prompts.append(out.example.prompts.detach())
+    model.zero_grad(set_to_none=True)
+    assert torch.equal(prompts[0], prompts[1])
+    assert grads[0].abs().sum() > 0 and not torch.allclose(grads[0], grads[1])
+
+
 def test_sample_clicks_land_inside_their_masks():
     from train.probe_sam import sample_clicks
 

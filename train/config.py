@@ -99,6 +99,7 @@ class LossConfig:
     # under the ground-truth masks (seg loss x example), and the role prompts are pulled toward
     # those pooled prompts (relative squared error x distill). Inference never sees them.
     example: float = 0.0
+    example_grad: bool = False  # the example loss also trains the encoder through the pooled prompts
     distill: float = 0.0
 
 

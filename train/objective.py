@@ -109,6 +109,7 @@ class TrainStep(nn.Module):
                 clip_index=batch.clip_of,
                 decode_absent=False,  # no loss reads an absent role's masks (e.g. no [SEG_TAR])
                 example_masks=batch.masks if (self.loss_cfg.example or self.loss_cfg.distill) else None,
+                example_grad=self.loss_cfg.example_grad,
             )
         vision = None
         if self.loss_cfg.grounding:

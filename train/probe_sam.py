@@ -42,6 +42,7 @@ class ProbeSettings:
     every: int = 25  # steps between validations
     clips: int = 6  # validation clips
     seed: int = 0
+    example_grad: bool = False  # as loss.example_grad: the seg loss reaches the encoder through the prompts
 
 
 def sample_clicks(masks: torch.Tensor, size: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,7 +62,7 @@ def sample_clicks(masks: torch.Tensor, size: int, gen: torch.Generator) -> tuple
 
 
 def probe_logits(
-    model: ReviosaModel, batch: Batch, prompts: str, gen: torch.Generator
+    model: ReviosaModel, batch: Batch, prompts: str, gen: torch.Generator, example_grad: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mask logits (B, R, F, h, w) of SAM2 prompted without the language model, and the weight
     (B, R) of each role in the loss (0 where the role is absent or its masks are empty)."""
@@ -70,7 +71,8 @@ def probe_logits(
     pooled, valid = model.example_prompts(feats, batch.masks, batch.clip_of)
     weight = batch.role_weight * valid.to(batch.role_weight.dtype)
     if prompts == "example":
-        logits, _ = model.decode_encoded(feats, f, pooled, batch.clip_of, valid)
+        given = pooled if example_grad else pooled.detach()
+        logits, _ = model.decode_encoded(feats, f, given, batch.clip_of, valid)
     elif prompts == "clicks":
         clicks = sample_clicks(batch.masks, model.config.sam.image_size, gen)
         logits, _ = model.decode_encoded(feats, f, torch.zeros_like(pooled), batch.clip_of, valid, clicks)
@@ -110,7 +112,7 @@ def probe(
     for step in range(1, settings.steps + 1):
         items = [train[(0, int(i))] for i in rng.integers(0, len(train), settings.batch_size)]
         batch = collate(items, model.processor.ids.pad)
-        logits, weight = probe_logits(model, batch, settings.prompts, gen)
+        logits, weight = probe_logits(model, batch, settings.prompts, gen, settings.example_grad)
         loss = seg_loss(logits, batch.masks, weight).total(2.0, 0.5) / batch.rows
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -136,6 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=7e-4)
     parser.add_argument("--every", type=int, default=25)
     parser.add_argument("--clips", type=int, default=6, help="validation clips")
+    parser.add_argument("--example-grad", action="store_true", help="as loss.example_grad")
     parser.add_argument("--config", default="train/recipes/builtin.yaml", help="clip sampling settings")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # one thread trains fastest at this size (FACTS.md)
@@ -145,7 +148,9 @@ def main(argv: list[str] | None = None) -> None:
         ClipDataset(InterRVOSDataset(args.data, split), model.processor, model.config, cfg.data, cfg.seed)
         for split in ("train", "val")
     )
-    settings = ProbeSettings(args.prompts, args.steps, args.lr, every=args.every, clips=args.clips)
+    settings = ProbeSettings(
+        args.prompts, args.steps, args.lr, every=args.every, clips=args.clips, example_grad=args.example_grad
+    )
     probe(model, train, val, settings)
 
 
