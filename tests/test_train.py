@@ -106,6 +106,28 @@ def _aml_loop(flat_rows: torch.Tensor, targets: torch.Tensor, g: int) -> float:
     return total
 
 
+def test_hard_negative_loss_prices_the_other_objects_by_hand():
+    # two rows of clip 0 naming objects A (row 0 actor) and B (row 1 actor), one row of clip 1
+    masks = torch.zeros(3, 2, 1, 2, 2)
+    masks[0, 0, 0, 0, 0] = 1.0  # A
+    masks[1, 0, 0, 1, 1] = 1.0  # B
+    masks[1, 1, 0, 0, 1] = 1.0  # C, row 1's target
+    masks[2, 0, 0, 1, 0] = 1.0  # clip 1's only object
+    clip_of = torch.tensor([0, 0, 1])
+    others = losses.other_objects(masks, clip_of)
+    assert others[0, 0, 0].tolist() == [[0.0, 1.0], [0.0, 1.0]]  # B and C, not A
+    assert others[1, 1, 0].tolist() == [[1.0, 0.0], [0.0, 1.0]]  # A and B, not C
+    assert others[2].sum() == 1.0  # clip 1's absent target: the actor's pixel (weight 0 below)
+    logits = torch.zeros(3, 2, 1, 2, 2)
+    logits[0, 0, 0, 0, 1] = 3.0  # row 0's actor marks C: priced
+    logits[0, 0, 0, 0, 0] = 5.0  # ... and its own object: free
+    weight = torch.tensor([[1.0, 0.0], [0.0, 0.0], [0.0, 0.0]])
+    value = losses.hard_negative_loss(logits, masks, clip_of, weight)
+    sp = torch.nn.functional.softplus
+    expected = (sp(torch.tensor(3.0)) + sp(torch.tensor(0.0))) / 2  # mean over B and C's pixels
+    assert torch.isclose(value, expected)
+
+
 def test_attention_mask_loss_reshape_order():
     """Rows are frame-major, then (y, x); targets expression-major. A frame-major stack of the masks
     reshaped as if expression-major (the reference's defect) must give another value."""
@@ -682,14 +704,14 @@ def test_example_decoding_and_distill_terms_train(tiny_parts):
     torch.manual_seed(0)
     batch = collate([ds[(0, 0)], ds[(0, 1)]], model.processor.ids.pad)
     loss_cfg = copy.deepcopy(cfg.loss)
-    loss_cfg.example, loss_cfg.distill = 1.0, 5.0
+    loss_cfg.example, loss_cfg.distill, loss_cfg.hard_negative = 1.0, 5.0, 1.0
     prepared = prepare_trainables(copy.deepcopy(model), cfg)
     step = TrainStep(prepared.wrapper, loss_cfg, nominal_rows=4, bf16=False)
     opt = torch.optim.AdamW([p for p in prepared.wrapper.parameters() if p.requires_grad], lr=1e-3)
     history = []
     for _ in range(8):
         loss, terms = step(batch)
-        assert {"example", "distill"} <= set(terms)
+        assert {"example", "distill", "hard_negative"} <= set(terms)
         opt.zero_grad()
         loss.backward()
         opt.step()

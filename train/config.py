@@ -32,7 +32,9 @@ LORA_TARGET = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_pr
 
 # Parameter groups, for learning-rate stages and for reporting what trains.
 # Loss terms, in the order they are logged (train.objective computes them).
-LOSS_TERMS = ("mask_ce", "mask_dice", "aml", "text", "object", "grounding", "example", "distill")
+LOSS_TERMS = (
+    "mask_ce", "mask_dice", "aml", "text", "object", "grounding", "example", "distill", "hard_negative",
+)  # fmt: skip
 GROUPS = (
     "lora", "llm", "embeddings", "lm_head", "vision", "projector", "prompt_mlp",
     "sam_decoder", "sam_encoder", "sam_other",
@@ -100,6 +102,9 @@ class LossConfig:
     # those pooled prompts (relative squared error x distill). Inference never sees them.
     example: float = 0.0
     example_grad: bool = False  # the example loss also trains the encoder through the pooled prompts
+    # CE toward background on the other objects' pixels (losses.hard_negative_loss), language path;
+    # with loss.example, the example path's term includes it at the same weight.
+    hard_negative: float = 0.0
     distill: float = 0.0
 
 

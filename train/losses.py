@@ -69,6 +69,32 @@ def seg_loss(mask_logits: torch.Tensor, masks: torch.Tensor, role_weight: torch.
     return SegLoss(ce=(ce * role_weight).sum(), dice=(di * role_weight).sum())
 
 
+def other_objects(masks: torch.Tensor, clip_of: torch.Tensor) -> torch.Tensor:
+    """Pixels of the clip's other objects: float (B, R, F, h, w), 1 where any role of any row of the
+    same clip is masked but this (row, role) is not. The objects a batch knows of are those its rows
+    name, so a clip's objects that no sampled expression names are not among them."""
+    known = masks.amax(1)  # (B, F, h, w)
+    clips = int(clip_of.max()) + 1
+    union = known.new_zeros(clips, *known.shape[1:]).index_add_(0, clip_of, known).clamp_(max=1.0)
+    return (union[clip_of].unsqueeze(1) - masks).clamp(min=0.0)
+
+
+def hard_negative_loss(
+    mask_logits: torch.Tensor, masks: torch.Tensor, clip_of: torch.Tensor, role_weight: torch.Tensor
+) -> torch.Tensor:
+    """Sigmoid CE toward background on the other objects' pixels (``other_objects``), the mean over
+    those pixels of each (row, role), summed over the weighted roles and rows (a float scalar).
+
+    The plain CE spreads its weight over every pixel, so "segment every object" costs a decoder
+    little; this term prices a mask on the wrong object by itself.
+    mask_logits, masks: float (B, R, F, h, w); clip_of: long (B,); role_weight: float (B, R).
+    """
+    others = other_objects(masks, clip_of)
+    bce = F.softplus(mask_logits.float())  # -log(1 - sigmoid(x)): CE with target 0
+    per_role = (bce * others).sum((2, 3, 4)) / others.sum((2, 3, 4)).clamp_min(1.0)
+    return (per_role * role_weight).sum()
+
+
 def object_loss(
     object_logits: torch.Tensor, present: torch.Tensor, role_weight: torch.Tensor
 ) -> torch.Tensor:

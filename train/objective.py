@@ -40,11 +40,19 @@ def loss_terms(
         terms["grounding"] = losses.grounding_loss(
             out.role_states, vision_states, batch.grids, weight, cfg.grounding_scale, cfg.grounding_mode
         )
+    if cfg.hard_negative:
+        terms["hard_negative"] = losses.hard_negative_loss(
+            out.mask_logits, batch.masks, batch.clip_of, weight
+        )
     if out.example is not None:
         valid = weight * out.example.valid.to(weight.dtype)
         if cfg.example:
             ex = losses.seg_loss(out.example.mask_logits, batch.masks, valid)
             terms["example"] = ex.total(cfg.mask_ce, cfg.mask_dice)
+            if cfg.hard_negative:
+                terms["example"] = terms["example"] + cfg.hard_negative * losses.hard_negative_loss(
+                    out.example.mask_logits, batch.masks, batch.clip_of, valid
+                )
         if cfg.distill:
             terms["distill"] = losses.distill_loss(out.role_prompts, out.example.prompts, valid)
     return terms
@@ -58,7 +66,7 @@ def weighted_total(
     weights = {
         "mask_ce": cfg.mask_ce, "mask_dice": cfg.mask_dice, "aml": cfg.aml, "text": cfg.text,
         "object": cfg.object, "grounding": cfg.grounding, "example": cfg.example,
-        "distill": cfg.distill,
+        "distill": cfg.distill, "hard_negative": cfg.hard_negative,
     }  # fmt: skip
     return sum(weights[name] * scale.get(name, 1.0) * value for name, value in terms.items())
 
