@@ -544,9 +544,8 @@ class ReviosaModel(nn.Module):
         example_masks: optional float (B, R, F, h, w) ground-truth masks of the decoded frames;
             given, the frames are also decoded from prompts pooled under them (``TrainOutput.example``).
         example_grad: let the example decoding's gradient reach SAM2's encoder through the pooled
-            prompts. Off, the decoder sees them as fixed inputs: with the gradient, the encoder
-            learned to make objects' pooled features alike (a varying prompt is noise to a decoder
-            that does not follow it yet) instead of the decoder learning to follow them.
+            prompts; off, the decoder gets them as fixed inputs, so the encoder cannot shape its
+            features to suit the prompts rather than the decoder learning to follow them.
         """
         image_index = None
         if clip_index is not None:
