@@ -30,11 +30,11 @@ CONFIG_NAME = "train_config.json"
 # keeps LoRA off the vision tower, whose attention also has q/k/v projections (FACTS.md, peft note).
 LORA_TARGET = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
-# Parameter groups, for learning-rate stages and for reporting what trains.
 # Loss terms, in the order they are logged (train.objective computes them).
 LOSS_TERMS = (
     "mask_ce", "mask_dice", "aml", "text", "object", "grounding", "example", "distill", "hard_negative",
 )  # fmt: skip
+# Parameter groups, for learning-rate stages and for reporting what trains.
 GROUPS = (
     "lora", "llm", "embeddings", "lm_head", "vision", "projector", "prompt_mlp",
     "sam_decoder", "sam_encoder", "sam_other",
