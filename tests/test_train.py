@@ -128,6 +128,32 @@ def test_hard_negative_loss_prices_the_other_objects_by_hand():
     assert torch.isclose(value, expected)
 
 
+def test_prompt_contrast_loss_by_hand():
+    """Rows 0 and 1 of clip 0 both name object A as actor (one object: both are positives); row 0's
+    target is B; row 1 has no target (left out); clip 2's identical mask is another object."""
+    masks = torch.zeros(3, 2, 1, 2, 2)
+    masks[0, 0, 0, 0, 0] = masks[1, 0, 0, 0, 0] = masks[2, 0, 0, 0, 0] = 1.0  # A, A, clip 1's
+    masks[0, 1, 0, 1, 1] = 1.0  # B
+    clip_of = torch.tensor([0, 0, 1])
+    same = losses.same_object(masks, clip_of)
+    assert same[0].tolist() == [True, False, True, False, False, False]
+    assert same[1].tolist() == [False, True, False, False, False, False]  # B is only itself
+    assert not same[3].any()  # row 1's empty target matches nothing
+    assert same[4].tolist() == [False] * 4 + [True, False]  # clip 1's object: another clip
+    e1, e2, e3 = torch.eye(3)
+    targets = torch.stack([torch.stack([e1, e2]), torch.stack([e1, e3]), torch.stack([e3, e3])])
+    weight = torch.tensor([[1.0, 1.0], [1.0, 0.0], [0.0, 0.0]])  # clip 1 left out as a key too
+    value = losses.prompt_contrast_loss(targets.clone(), targets, masks, clip_of, weight, scale=2.0)
+    e = math.exp(-2.0)
+    # actor prompts (x2): keys A, B, A -> -log(2 / (2 + e)); target: keys A, B, A -> -log(1 / (1 + 2e))
+    expected = 2 * math.log(1 + e / 2) + math.log(1 + 2 * e)
+    assert value.item() == pytest.approx(expected, rel=1e-4)
+    swapped = targets.clone()
+    swapped[0] = targets[0].flip(0)  # row 0's actor prompt is B's example and vice versa
+    worse = losses.prompt_contrast_loss(swapped, targets, masks, clip_of, weight, scale=10.0)
+    assert worse.item() > 10.0
+
+
 def test_attention_mask_loss_reshape_order():
     """Rows are frame-major, then (y, x); targets expression-major. A frame-major stack of the masks
     reshaped as if expression-major (the reference's defect) must give another value."""
@@ -704,14 +730,15 @@ def test_example_decoding_and_distill_terms_train(tiny_parts):
     torch.manual_seed(0)
     batch = collate([ds[(0, 0)], ds[(0, 1)]], model.processor.ids.pad)
     loss_cfg = copy.deepcopy(cfg.loss)
-    loss_cfg.example, loss_cfg.distill, loss_cfg.hard_negative = 1.0, 5.0, 1.0
+    loss_cfg.example, loss_cfg.distill, loss_cfg.hard_negative, loss_cfg.contrast = 1.0, 5.0, 1.0, 1.0
     prepared = prepare_trainables(copy.deepcopy(model), cfg)
     step = TrainStep(prepared.wrapper, loss_cfg, nominal_rows=4, bf16=False)
     opt = torch.optim.AdamW([p for p in prepared.wrapper.parameters() if p.requires_grad], lr=1e-3)
     history = []
     for _ in range(8):
         loss, terms = step(batch)
-        assert {"example", "distill", "hard_negative"} <= set(terms)
+        assert {"example", "distill", "hard_negative", "contrast"} <= set(terms)
+        assert terms["contrast"] > 0
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -779,9 +806,42 @@ def test_diagnose_reports_prompt_following(tiny_parts):
     keys = [k for c in range(2) for k in ds[(0, c)].keys]
     assert any(ds.dataset.sample(*k).caption_type == "unidirectional" for k in keys)
     assert stats["truth_actor_vs_target_iou"] == 0.0
-    for key in ("llm_iou", "example_iou", "llm_actor_vs_target_iou", "zeros_flipped_fraction"):
+    for key in (
+        "llm_iou",
+        "example_iou",
+        "llm_actor_vs_target_iou",
+        "zeros_flipped_fraction",
+        "attention_on_referent",
+        "prompt_nearer_own_example",
+    ):
         assert 0.0 <= stats[key] <= 1.0
     assert stats["zeros_max_logit_change"] > 0.0
+
+
+def test_link_stats_by_hand():
+    """Attention all on the referent scores 1 beside its token share; prompts equal to their
+    examples have no error and are nearer their own; swapped prompts are nearer the other's."""
+    from train.diagnose import link_stats
+
+    grids = torch.zeros(1, 2, 1, 2, 2)
+    grids[0, 0, 0, 0, 0] = 1.0  # actor: one token of four
+    grids[0, 1, 0, 1, :] = 1.0  # target: two tokens
+    rows = torch.zeros(1, 2, 1, 2, 1, 2, 2)
+    rows[0, 0, 0, :, 0, 0, 0] = 0.6  # all of the actor heads' vision attention on the actor
+    rows[0, 1, 0, 0, 0, 0, 0] = 0.3  # target head 0: on the actor only (share 0)
+    rows[0, 1, 0, 1, 0, 1, :] = 0.2  # target head 1: on the target (share 1)
+    examples = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 2.0, 0.0]]])
+    valid = torch.ones(1, 2, dtype=torch.bool)
+    stats = link_stats(rows, grids, examples.clone(), examples, valid)
+    assert stats["attention_on_referent"] == pytest.approx([1.0, 0.5])
+    assert stats["referent_token_share"] == pytest.approx([0.25, 0.5])
+    assert stats["distill_relative_error"] == pytest.approx([0.0, 0.0])
+    assert stats["prompt_nearer_own_example"] == [1.0, 1.0]
+    assert stats["example_actor_target_prompt_cos"] == pytest.approx([0.0])
+    swapped = link_stats(None, grids, examples.flip(1), examples, valid)
+    assert "attention_on_referent" not in swapped
+    assert swapped["prompt_nearer_own_example"] == [0.0, 0.0]
+    assert swapped["distill_relative_error"] == pytest.approx([5.0, 1.25])  # |(0,2)-(1,0)|^2/1, /4
 
 
 def test_example_grad_switches_the_encoders_path_through_the_pooled_prompts(tiny_parts):

@@ -55,6 +55,10 @@ def loss_terms(
                 )
         if cfg.distill:
             terms["distill"] = losses.distill_loss(out.role_prompts, out.example.prompts, valid)
+        if cfg.contrast:
+            terms["contrast"] = losses.prompt_contrast_loss(
+                out.role_prompts, out.example.prompts, batch.masks, batch.clip_of, valid, cfg.contrast_scale
+            )
     return terms
 
 
@@ -66,7 +70,7 @@ def weighted_total(
     weights = {
         "mask_ce": cfg.mask_ce, "mask_dice": cfg.mask_dice, "aml": cfg.aml, "text": cfg.text,
         "object": cfg.object, "grounding": cfg.grounding, "example": cfg.example,
-        "distill": cfg.distill, "hard_negative": cfg.hard_negative,
+        "distill": cfg.distill, "hard_negative": cfg.hard_negative, "contrast": cfg.contrast,
     }  # fmt: skip
     return sum(weights[name] * scale.get(name, 1.0) * value for name, value in terms.items())
 
@@ -116,7 +120,7 @@ class TrainStep(nn.Module):
                 capture=capture,
                 clip_index=batch.clip_of,
                 decode_absent=False,  # no loss reads an absent role's masks (e.g. no [SEG_TAR])
-                example_masks=batch.masks if (self.loss_cfg.example or self.loss_cfg.distill) else None,
+                example_masks=batch.masks if self._needs_examples else None,
                 example_grad=self.loss_cfg.example_grad,
             )
         vision = None
@@ -125,6 +129,11 @@ class TrainStep(nn.Module):
         terms = loss_terms(out, batch, self.loss_cfg, vision)
         total = weighted_total(terms, self.loss_cfg, self.loss_scale) / self.nominal_rows
         return total, {k: v.detach() for k, v in terms.items()}
+
+    @property
+    def _needs_examples(self) -> bool:
+        cfg = self.loss_cfg
+        return bool(cfg.example or cfg.distill or cfg.contrast)
 
     @staticmethod
     @contextlib.contextmanager
