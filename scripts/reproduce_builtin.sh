@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 RUN=${1:-runs/builtin}
 CLIPS=${2:-30}   # the README's scores are on 30-clip splits
 PY=.venv/bin/python
-# Two threads: 2.1 s per step against 3.0 s on one (this recipe, measured; FACTS.md found one
+# Two threads: 1.8 s per step against 2.9 s on one (this recipe, first 12 steps; FACTS.md found one
 # faster for its smaller model). Run nothing else meanwhile: a spinning libgomp thread halves both.
 export OMP_NUM_THREADS=2
 
