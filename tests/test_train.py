@@ -152,6 +152,9 @@ def test_prompt_contrast_loss_by_hand():
     swapped[0] = targets[0].flip(0)  # row 0's actor prompt is B's example and vice versa
     worse = losses.prompt_contrast_loss(swapped, targets, masks, clip_of, weight, scale=10.0)
     assert worse.item() > 10.0
+    prompts = targets.clone().requires_grad_()
+    losses.prompt_contrast_loss(prompts, targets, masks, clip_of, weight).backward()
+    assert prompts.grad.isfinite().all()  # roles without a positive (absent ones) pass no NaN back
 
 
 def test_attention_mask_loss_reshape_order():

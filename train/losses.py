@@ -253,9 +253,11 @@ def prompt_contrast_loss(
 
     A softmax of ``scale * cos`` over the batch's example prompts (every valid row and role); the
     loss is minus the log of the mass on the examples of the same object (``same_object``). The
-    relative error of ``distill_loss`` can be lowered by the examples' common part alone (the
-    built-in model's actor and target prompts ended at cosine 0.91 with each other, near-chance at
-    telling their examples apart); this term rewards only what tells objects apart.
+    relative error of ``distill_loss`` can be lowered by the examples' common part alone (a
+    built-in model trained without this term ended with actor and target prompts at cosine 0.91
+    with each other, near-chance at telling their examples apart); this term rewards only what
+    tells objects apart. The prompts come from the role states that lm_head also reads, so the
+    term competes with the answer tokens (docs/training.md).
 
     prompts, targets: float (B, R, P), targets detached; masks: float (B, R, F, h, w);
     clip_of: long (B,); role_weight: float (B, R), 0 where a role has no example.
