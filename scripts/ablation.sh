@@ -19,7 +19,8 @@ test=$OUT/test_seed1
 # The recipe's own curriculum and extra terms are off: the table in results/ablation/ was trained
 # before the recipe had them (SAM2 at the full lr, no stages).
 common=(--set "optim.max_steps=$STEPS" --set loss.grounding=0 --set loss.object=0
-        --set loss.example=0 --set loss.distill=0 --set "stages=[]"
+        --set loss.example=0 --set loss.distill=0 --set loss.contrast=0 --set loss.text=1
+        --set "stages=[]"
         --set eval.clips=0 --set eval.at_end=false --set "checkpoint.every=$STEPS")
 declare -A variant=(
   [single_seg]="--set data.two_tokens=false --set loss.aml=0"

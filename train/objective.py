@@ -67,12 +67,8 @@ def weighted_total(
 ) -> torch.Tensor:
     """Sum of the terms by their config weights, each times ``scale[name]`` (a stage's loss_scale)."""
     scale = scale or {}
-    weights = {
-        "mask_ce": cfg.mask_ce, "mask_dice": cfg.mask_dice, "aml": cfg.aml, "text": cfg.text,
-        "object": cfg.object, "grounding": cfg.grounding, "example": cfg.example,
-        "distill": cfg.distill, "hard_negative": cfg.hard_negative, "contrast": cfg.contrast,
-    }  # fmt: skip
-    return sum(weights[name] * scale.get(name, 1.0) * value for name, value in terms.items())
+    # Each term's weight is the LossConfig field of the same name (LOSS_TERMS).
+    return sum(getattr(cfg, name) * scale.get(name, 1.0) * value for name, value in terms.items())
 
 
 class TrainStep(nn.Module):
