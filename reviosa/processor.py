@@ -136,6 +136,10 @@ class ReviosaProcessor:
         ids += self._encode_control(f"{tokens.IM_END}\n{tokens.IM_START}assistant\n")
         return ids
 
+    def expression_ids(self, expression: str) -> list[int]:
+        """Token ids of the expression alone, as ``prompt_ids`` places them."""
+        return self._encode_user(clean_expression(expression, self.cfg.max_expression_chars))
+
     def answer_ids(self, answer: str) -> list[int]:
         """Token ids of an answer as the model should produce it, closed by <|im_end|>.
 

@@ -157,6 +157,37 @@ def test_prompt_contrast_loss_by_hand():
     assert prompts.grad.isfinite().all()  # roles without a positive (absent ones) pass no NaN back
 
 
+def test_region_words_loss_by_hand():
+    """Vocabulary of three words, embedded as the axes. Row 0's actor covers two tokens along
+    word 0 (their mean points at it); the expression says words 0 and 2. Row 0's target is on no
+    keyframe and row 1 is unweighted: both are left out."""
+    embedding = torch.eye(3)
+    vision = torch.zeros(2, 1, 2, 2, 3)  # (B, K, g, g, D)
+    vision[0, 0, 0, 0] = torch.tensor([1.0, 0.0, 0.0])
+    vision[0, 0, 0, 1] = torch.tensor([3.0, 0.0, 0.0])
+    vision[0, 0, 1, 1] = torch.tensor([0.0, 0.0, 5.0])  # not the referent's: must not count
+    vision[1] = torch.randn(1, 2, 2, 3)
+    targets = torch.zeros(2, 2, 1, 2, 2)  # (B, R, K, g, g)
+    targets[0, 0, 0, 0, :] = 1.0
+    targets[1, 0, 0, 1, 1] = 1.0
+    words = torch.tensor([[0, 2, -1], [1, -1, -1]])
+    weight = torch.tensor([[1.0, 1.0], [0.0, 0.0]])
+    value = losses.region_words_loss(vision, targets, embedding, words, weight, scale=2.0)
+    z = math.exp(2.0) + 2.0  # softmax over cos (1, 0, 0) x 2
+    expected = (-math.log(math.exp(2.0) / z) - math.log(1.0 / z)) / 2
+    assert value.item() == pytest.approx(expected, rel=1e-5)
+    # a referent that points at both said words scores better than one that points at word 1
+    both = vision.clone()
+    both[0, 0, 0, :] = torch.tensor([1.0, 0.0, 1.0])
+    wrong = vision.clone()
+    wrong[0, 0, 0, :] = torch.tensor([0.0, 1.0, 0.0])
+    scores = [losses.region_words_loss(v, targets, embedding, words, weight, 10.0) for v in (both, vision, wrong)]
+    assert scores[0] < 1.0 < scores[1] < scores[2]  # ~log 2, ~10 / 2, ~10
+    inputs = vision.clone().requires_grad_()
+    losses.region_words_loss(inputs, targets, embedding, words, weight).backward()
+    assert inputs.grad.isfinite().all() and inputs.grad[1].abs().sum() == 0
+
+
 def test_attention_mask_loss_reshape_order():
     """Rows are frame-major, then (y, x); targets expression-major. A frame-major stack of the masks
     reshaped as if expression-major (the reference's defect) must give another value."""
@@ -243,6 +274,10 @@ def test_clip_items_answers_masks_and_order(tiny_parts):
             answer = ACTOR_AND_TARGET if sample.caption_type == "unidirectional" else ACTOR_ONLY
             labels = [t for t in item.labels[e] if t != -100]
             assert labels == proc.answer_ids(answer)
+            words = proc.expression_ids(sample.expression)
+            assert item.words[e] == words and words
+            prompt = item.sequences[e][: len(item.sequences[e]) - len(labels)]
+            assert any(prompt[i : i + len(words)] == words for i in range(len(prompt)))
             assert item.role_weight[e].tolist() == [1.0, float(sample.caption_type == "unidirectional")]
             # grids hold this expression's own masks on its keyframes (expression-major)
             expected = grid_masks(sample.actor_masks(item.keyframes), model.config.grid)
@@ -253,6 +288,8 @@ def test_clip_items_answers_masks_and_order(tiny_parts):
     assert again.keyframes == items[3].keyframes and torch.equal(again.masks, items[3].masks)
     batch = collate(items[:2], proc.ids.pad)
     assert batch.rows == len(items[0].keys) + len(items[1].keys)
+    last = items[1].words[-1]  # rows are right-padded with -1
+    assert batch.words[-1, : len(last)].tolist() == last and (batch.words[-1, len(last) :] == -1).all()
     mllm, sam = batch.row_pixels()
     assert mllm.shape[0] == batch.rows * model.config.processor.num_keyframes
     assert torch.equal(sam[-1], items[1].sam_pixels)
@@ -734,14 +771,15 @@ def test_example_decoding_and_distill_terms_train(tiny_parts):
     batch = collate([ds[(0, 0)], ds[(0, 1)]], model.processor.ids.pad)
     loss_cfg = copy.deepcopy(cfg.loss)
     loss_cfg.example, loss_cfg.distill, loss_cfg.hard_negative, loss_cfg.contrast = 1.0, 5.0, 1.0, 1.0
+    loss_cfg.words = 1.0
     prepared = prepare_trainables(copy.deepcopy(model), cfg)
     step = TrainStep(prepared.wrapper, loss_cfg, nominal_rows=4, bf16=False)
     opt = torch.optim.AdamW([p for p in prepared.wrapper.parameters() if p.requires_grad], lr=1e-3)
     history = []
     for _ in range(8):
         loss, terms = step(batch)
-        assert {"example", "distill", "hard_negative", "contrast"} <= set(terms)
-        assert terms["contrast"] > 0
+        assert {"example", "distill", "hard_negative", "contrast", "words"} <= set(terms)
+        assert terms["contrast"] > 0 and terms["words"] > 0
         opt.zero_grad()
         loss.backward()
         opt.step()

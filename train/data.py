@@ -128,7 +128,8 @@ class ClipItem:
     mllm_pixels: float (K, 3, s, s); sam_pixels: float (F, 3, S, S);
     sequences / labels: E token-id lists (prompt + answer; labels -100 on the prompt);
     masks: float (E, R, F, h, w); grids: float (E, R, K, g, g); present: float (E, R, F);
-    role_weight: float (E, R): 1 where the role is supervised.
+    role_weight: float (E, R): 1 where the role is supervised; words: E lists of the expression's
+    token ids.
     """
 
     mllm_pixels: torch.Tensor
@@ -140,6 +141,7 @@ class ClipItem:
     present: torch.Tensor
     role_weight: torch.Tensor
     keys: list[tuple[str, str]]
+    words: list[list[int]]
     keyframes: list[int]
     sam_frames: list[int]
 
@@ -151,7 +153,8 @@ class Batch:
     input_ids / attention_mask / labels: long (B, L); mllm_pixels: float (C*K, 3, s, s), clip-major;
     sam_pixels: float (C, F, 3, S, S); clip_of: long (B,) the clip of each row;
     masks: float (B, R, F, h, w); grids: float (B, R, K, g, g); present: float (B, R, F);
-    role_weight: float (B, R).
+    role_weight: float (B, R); words: long (B, W) each row's expression token ids, right-padded
+    with -1.
     """
 
     input_ids: torch.Tensor
@@ -165,6 +168,7 @@ class Batch:
     present: torch.Tensor
     role_weight: torch.Tensor
     keys: list[tuple[str, str]]
+    words: torch.Tensor
 
     @property
     def rows(self) -> int:
@@ -273,6 +277,7 @@ class ClipDataset(Dataset):
             present=torch.from_numpy(masks[:, :, sam_idx].any(axis=(-2, -1)).astype(np.float32)),
             role_weight=torch.tensor(weights),
             keys=[(s.video_id, s.exp_id) for s in samples],
+            words=[self.processor.expression_ids(s.expression) for s in samples],
             keyframes=keyframes,
             sam_frames=sam_frames,
         )
@@ -291,6 +296,10 @@ def collate(items: list[ClipItem], pad_id: int) -> Batch:
         label_ids[b, : len(lab)] = torch.tensor(lab)
         mask[b, : len(seq)] = 1
     clip_of = torch.tensor([c for c, item in enumerate(items) for _ in item.sequences], dtype=torch.long)
+    expressions = [w for item in items for w in item.words]
+    words = torch.full((len(expressions), max(map(len, expressions), default=0)), -1, dtype=torch.long)
+    for b, ids in enumerate(expressions):
+        words[b, : len(ids)] = torch.tensor(ids, dtype=torch.long)
     return Batch(
         input_ids=input_ids,
         attention_mask=mask,
@@ -303,6 +312,7 @@ def collate(items: list[ClipItem], pad_id: int) -> Batch:
         present=torch.cat([item.present for item in items]),
         role_weight=torch.cat([item.role_weight for item in items]),
         keys=[k for item in items for k in item.keys],
+        words=words,
     )
 
 

@@ -211,6 +211,42 @@ def grounding_loss(
     return (per_role * role_weight * (area > 0)).sum()
 
 
+def region_words_loss(
+    vision_inputs: torch.Tensor,
+    targets: torch.Tensor,
+    embedding: torch.Tensor,
+    words: torch.Tensor,
+    role_weight: torch.Tensor,
+    scale: float = 10.0,
+) -> torch.Tensor:
+    """The referent's vision tokens, as the language model receives them, must name the words of
+    the expression (switch ``loss.words``; not in the paper).
+
+    The mean of the vision-token inputs under the referent's grid mask is scored against every
+    row of the input embedding (``scale * cos``, a softmax over the vocabulary); the loss is the
+    mean of minus the log-probability of each of the expression's tokens. A linear probe of the
+    built-in model's vision tokens read colour on 100 % of val referents and shape on 17 % (chance
+    20 %), and its masks failed the expressions that name no colour: the language path teaches the
+    vision tower only what it already separates. This term asks the tokens to carry every word
+    said of them, with no extra parameters. The other role's words are in the target too; they
+    vary across clips, so what stays is what is always said of the referent.
+
+    vision_inputs: float (B, K, g, g, D); targets: float (B, R, K, g, g); embedding: float (V, D);
+    words: long (B, W) token ids, -1 padding; role_weight: float (B, R).
+    Returns the sum over the weighted rows and roles whose referent is on a keyframe.
+    """
+    area = targets.flatten(2).sum(-1)  # (B, R)
+    region = torch.einsum("brkyx,bkyxd->brd", targets.float(), vision_inputs.float())
+    region = region / area.clamp_min(1.0)[..., None]
+    cos = F.normalize(region, dim=-1) @ F.normalize(embedding.float(), dim=-1).T  # (B, R, V)
+    log_p = F.log_softmax(scale * cos, dim=-1)
+    said = words >= 0  # (B, W)
+    index = words.clamp_min(0)[:, None, :].expand(-1, log_p.shape[1], -1)  # (B, R, W)
+    picked = log_p.gather(-1, index) * said[:, None].to(log_p.dtype)
+    per_role = -picked.sum(-1) / said.sum(-1, keepdim=True).clamp_min(1)
+    return (per_role * role_weight * (area > 0)).sum()
+
+
 def distill_loss(prompts: torch.Tensor, targets: torch.Tensor, role_weight: torch.Tensor) -> torch.Tensor:
     """Pull the role prompts toward target prompts (switch ``loss.distill``; not in the paper).
 

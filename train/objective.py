@@ -23,9 +23,18 @@ TERMS = LOSS_TERMS
 
 
 def loss_terms(
-    out: TrainOutput, batch: Batch, cfg: LossConfig, vision_states: torch.Tensor | None
+    out: TrainOutput,
+    batch: Batch,
+    cfg: LossConfig,
+    vision_states: torch.Tensor | None,
+    vision_inputs: torch.Tensor | None = None,
+    embedding: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Unweighted loss terms, each a sum over rows (float scalars); terms with weight 0 are left out."""
+    """Unweighted loss terms, each a sum over rows (float scalars); terms with weight 0 are left out.
+
+    vision_states / vision_inputs: float (B, K, g, g, D) last-layer states and inputs of the
+    vision tokens (for ``grounding`` / ``words``); embedding: float (V, D) the input embedding.
+    """
     weight = batch.role_weight
     seg = losses.seg_loss(out.mask_logits, batch.masks, weight)
     terms = {"mask_ce": seg.ce, "mask_dice": seg.dice}
@@ -39,6 +48,10 @@ def loss_terms(
     if cfg.grounding:
         terms["grounding"] = losses.grounding_loss(
             out.role_states, vision_states, batch.grids, weight, cfg.grounding_scale, cfg.grounding_mode
+        )
+    if cfg.words:
+        terms["words"] = losses.region_words_loss(
+            vision_inputs, batch.grids, embedding, batch.words, weight, cfg.words_scale
         )
     if cfg.hard_negative:
         terms["hard_negative"] = losses.hard_negative_loss(
@@ -104,7 +117,7 @@ class TrainStep(nn.Module):
         use_bf16 = self.bf16 and batch.input_ids.device.type == "cuda"
         with (
             torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16),
-            self._last_hidden(model, enabled=bool(self.loss_cfg.grounding)) as hidden,
+            self._language_io(model, self.loss_cfg) as hidden,
         ):
             # Pixels per clip, encoded once for all of the clip's expressions (clip_index).
             out = model.forward_train(
@@ -119,10 +132,13 @@ class TrainStep(nn.Module):
                 example_masks=batch.masks if self._needs_examples else None,
                 example_grad=self.loss_cfg.example_grad,
             )
-        vision = None
+        vision = inputs = embedding = None
         if self.loss_cfg.grounding:
             vision = _vision_states(hidden["last"], batch.input_ids, model)
-        terms = loss_terms(out, batch, self.loss_cfg, vision)
+        if self.loss_cfg.words:
+            inputs = _vision_states(hidden["first"], batch.input_ids, model)
+            embedding = model.mllm.get_input_embeddings().weight
+        terms = loss_terms(out, batch, self.loss_cfg, vision, inputs, embedding)
         total = weighted_total(terms, self.loss_cfg, self.loss_scale) / self.nominal_rows
         return total, {k: v.detach() for k, v in terms.items()}
 
@@ -133,25 +149,32 @@ class TrainStep(nn.Module):
 
     @staticmethod
     @contextlib.contextmanager
-    def _last_hidden(model: ReviosaModel, enabled: bool) -> Iterator[dict]:
-        """Catch the language model's last hidden states (B, L, D) for the grounding term."""
+    def _language_io(model: ReviosaModel, cfg: LossConfig) -> Iterator[dict]:
+        """Catch the language model's input embeddings ("first", for the words term) and last
+        hidden states ("last", for the grounding term), float (B, L, D), when a term reads them."""
         holder: dict = {}
-        if not enabled:
-            yield holder
-            return
+        handles = []
+        if cfg.words:
 
-        def hook(_module, _inputs, output):
-            holder["last"] = output.last_hidden_state
+            def pre_hook(_module, _args, kwargs):
+                holder["first"] = kwargs["inputs_embeds"]
 
-        handle = model.language_model.register_forward_hook(hook)
+            handles.append(model.language_model.register_forward_pre_hook(pre_hook, with_kwargs=True))
+        if cfg.grounding:
+
+            def hook(_module, _inputs, output):
+                holder["last"] = output.last_hidden_state
+
+            handles.append(model.language_model.register_forward_hook(hook))
         try:
             yield holder
         finally:
-            handle.remove()
+            for handle in handles:
+                handle.remove()
 
 
 def _vision_states(hidden: torch.Tensor, input_ids: torch.Tensor, model: ReviosaModel) -> torch.Tensor:
-    """Last-layer states of the vision tokens: (B, L, D) -> (B, K, g, g, D)."""
+    """The vision tokens' slice of per-token states (inputs or a layer's): (B, L, D) -> (B, K, g, g, D)."""
     g = model.config.grid
     positions = vision_positions_from_ids(input_ids, model.processor.ids.img_context, g)  # (B, N)
     states = hidden.gather(1, positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))  # (B, N, D)
