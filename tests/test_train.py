@@ -181,7 +181,9 @@ def test_region_words_loss_by_hand():
     both[0, 0, 0, :] = torch.tensor([1.0, 0.0, 1.0])
     wrong = vision.clone()
     wrong[0, 0, 0, :] = torch.tensor([0.0, 1.0, 0.0])
-    scores = [losses.region_words_loss(v, targets, embedding, words, weight, 10.0) for v in (both, vision, wrong)]
+    scores = [
+        losses.region_words_loss(v, targets, embedding, words, weight, 10.0) for v in (both, vision, wrong)
+    ]
     assert scores[0] < 1.0 < scores[1] < scores[2]  # ~log 2, ~10 / 2, ~10
     inputs = vision.clone().requires_grad_()
     losses.region_words_loss(inputs, targets, embedding, words, weight).backward()
