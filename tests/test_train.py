@@ -967,3 +967,65 @@ def test_probe_sam_trains_a_fresh_sam_alone(tiny_parts):
         assert torch.equal(llm_before, model.prompt_proj[0].weight)
     finally:
         model.sam = old_sam
+
+
+def test_probe_words_named_and_fit():
+    from reviosa.data.synth_render import COLOURS, SHAPES
+    from train.probe_words import fit_probe, named
+
+    assert (
+        named("the two crosses", SHAPES) == "cross"
+        and named("Red square hitting a blue circle", COLOURS) == "red"
+    )
+    assert named("object chasing another object", SHAPES) is None
+    gen = torch.Generator().manual_seed(0)
+    y, y_val = torch.arange(60) % 3, torch.arange(30) % 3
+    centres = 4 * torch.eye(3, 8)
+    x = centres[y] + 0.5 * torch.randn(60, 8, generator=gen)
+    x_val = centres[y_val] + 0.5 * torch.randn(30, 8, generator=gen)
+    assert fit_probe(x, y, x_val, y_val, 3) == (1.0, 1.0)
+    shuffled = y[torch.randperm(60, generator=gen)]
+    _, val = fit_probe(torch.randn(60, 8, generator=gen), shuffled, x_val, y_val, 3)
+    assert val < 0.7  # features that do not carry the label read near chance (1/3)
+
+
+def test_probe_words_reads_the_referents_vision_inputs(tiny_parts):
+    """The probe's input features are the projector's outputs under the referent's grid cells."""
+    from train.data import collate
+    from train.probe_words import referent_features
+
+    _, model, ds = tiny_parts
+    rows = referent_features(model, ds, len(ds))
+    g, expected = model.config.grid, []
+    for c in range(len(ds)):
+        batch = collate([ds[(0, c)]], model.processor.ids.pad)
+        with torch.no_grad():
+            embeds = model.embed(batch.input_ids[:1], batch.mllm_pixels)[0]  # (L, D)
+        slots = batch.input_ids[0] == model.processor.ids.img_context
+        tokens = embeds[slots].reshape(-1, g, g, embeds.shape[-1])  # (K, g, g, D)
+        for e, (video, exp) in enumerate(batch.keys):
+            cells = batch.grids[e, 0] > 0.5  # (K, g, g)
+            if ds.dataset.sample(video, exp).caption_type == "single" and cells.any():
+                expected.append(tokens[cells].mean(0))
+    assert len(rows) == len(expected) > 0
+    for (_, first, last), want in zip(rows, expected, strict=True):
+        torch.testing.assert_close(first, want)
+        assert last.shape == want.shape and not torch.allclose(last, want)
+
+
+def test_probe_words_breakdown_counts_every_expression(synth_root, tmp_path, capsys):
+    from reviosa.data import InterRVOSDataset
+    from reviosa.results import load
+    from train.baselines import main as baseline
+    from train.probe_words import DEFAULT_GROUPS, breakdown, main
+
+    out = tmp_path / "all.json"
+    baseline(["all-objects", "--data", str(synth_root), "--split", "train", "--out", str(out)])
+    data = InterRVOSDataset(synth_root, "train")
+    table = breakdown(data, load(out), DEFAULT_GROUPS)
+    samples = list(data.samples())
+    assert sum(n for (_, _, bench), (_, n) in table.items() if bench == "rvos") == len(samples)
+    assert {level for _, level, _ in table} <= {"colour", "shape", "neither"}
+    assert all(0 <= jf <= 100 for jf, _ in table.values())
+    main(["breakdown", "--gt", str(synth_root), "--split", "train", "--pred", str(out)])
+    assert "rvos" in capsys.readouterr().out

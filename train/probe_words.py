@@ -1,0 +1,198 @@
+"""What do the vision tokens say about the referent? Linear probes, and scores by what an
+expression names.
+
+python -m train.probe_words probe --model MODEL --data ROOT [--clips 300] [--val-clips 40]
+    [--group colour=red,green,... --group shape=circle,...]
+python -m train.probe_words breakdown --gt ROOT --split test --pred RESULTS.json [--group ...]
+
+``probe``: for each expression that names one object (caption type ``single``), the referent's
+vision tokens (the mean over its keyframe grid cells) at the language model's input and at its
+last layer. For each word group (default: the synthetic world's colours and shapes) a linear
+classifier, fitted on the training split's referents, reads which of the group's words the
+expression uses, and is scored on the validation split's. A group the tokens do not carry reads
+at chance, and no attention can then find a referent by it.
+
+``breakdown``: J&F of a results file per caption type and per which group an expression names
+first (colour before shape; "neither" for those that name their referents by motion alone).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from reviosa.data import InterRVOSDataset
+from reviosa.data.synth_render import COLOURS, SHAPES
+from reviosa.hub import from_pretrained
+from reviosa.results import load
+from train.config import load_config
+from train.data import ClipDataset, collate
+from train.objective import _vision_states
+
+DEFAULT_GROUPS = {"colour": tuple(COLOURS), "shape": SHAPES}
+
+
+def named(expression: str, words: tuple[str, ...]) -> str | None:
+    """The first of ``words`` the expression uses, a plural ("circles", "crosses") counting."""
+    for token in expression.lower().split():
+        for word in words:
+            if token in (word, word + "s", word + "es"):
+                return word
+    return None
+
+
+def referent_features(model, clips: ClipDataset, count: int) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    """(expression, input features (D,), last-layer features (D,)) of the single-object
+    expressions of the first ``count`` clips whose referent is on a keyframe."""
+    rows = []
+    holder: dict = {}
+
+    def catch(_module, _args, kwargs, output):
+        holder["first"], holder["last"] = kwargs["inputs_embeds"], output.last_hidden_state
+
+    handle = model.language_model.register_forward_hook(catch, with_kwargs=True)
+    model.eval()
+    try:
+        with torch.no_grad():
+            for c in range(min(count, len(clips))):
+                batch = collate([clips[(0, c)]], model.processor.ids.pad)
+                embeds = model.embed(batch.input_ids[:1], batch.mllm_pixels)
+                model.hidden_states(embeds, batch.attention_mask[:1])
+                first = _vision_states(holder["first"], batch.input_ids[:1], model)[0]  # (K, g, g, D)
+                last = _vision_states(holder["last"], batch.input_ids[:1], model)[0]
+                for e, (video, exp) in enumerate(batch.keys):
+                    sample = clips.dataset.sample(video, exp)
+                    cells = batch.grids[e, 0] > 0.5  # (K, g, g)
+                    if sample.caption_type == "single" and cells.any():
+                        rows.append((sample.expression, first[cells].mean(0), last[cells].mean(0)))
+    finally:
+        handle.remove()
+    return rows
+
+
+def fit_probe(
+    x: torch.Tensor, y: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor, classes: int, steps: int = 500
+) -> tuple[float, float]:
+    """Multinomial logistic regression on standardised features; (train, val) accuracy.
+
+    x: float (N, D); y: long (N,); x_val: float (M, D); y_val: long (M,).
+    """
+    gen = torch.Generator().manual_seed(0)
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    x, x_val = (x - mean) / std, (x_val - mean) / std
+    linear = torch.nn.Linear(x.shape[1], classes)
+    with torch.no_grad():
+        linear.weight.normal_(0.0, 0.01, generator=gen)
+        linear.bias.zero_()
+    opt = torch.optim.Adam(linear.parameters(), lr=1e-2, weight_decay=1e-3)
+    with torch.enable_grad():
+        for _ in range(steps):
+            opt.zero_grad()
+            F.cross_entropy(linear(x), y).backward()
+            opt.step()
+    with torch.no_grad():
+        acc = (linear(x).argmax(1) == y).float().mean().item()
+        acc_val = (linear(x_val).argmax(1) == y_val).float().mean().item()
+    return acc, acc_val
+
+
+def probe_groups(train_rows, val_rows, groups: dict[str, tuple[str, ...]]) -> dict[str, dict]:
+    """Per group and depth ("input", "last"): train / val accuracy, the val majority-class rate
+    (chance) and the numbers of referents."""
+    out = {}
+    for name, words in groups.items():
+
+        def labelled(rows, words=words):
+            keep = [(words.index(w), a, b) for text, a, b in rows if (w := named(text, words))]
+            return keep
+
+        tr, va = labelled(train_rows), labelled(val_rows)
+        if len({t[0] for t in tr}) < 2 or not va:
+            out[name] = {"skipped": f"{len(tr)} training and {len(va)} val referents name a {name}"}
+            continue
+        y, y_val = torch.tensor([t[0] for t in tr]), torch.tensor([t[0] for t in va])
+        entry = {"train_n": len(tr), "val_n": len(va), "chance": y_val.bincount().max().item() / len(va)}
+        for depth, i in (("input", 1), ("last", 2)):
+            x, x_val = torch.stack([t[i] for t in tr]), torch.stack([t[i] for t in va])
+            entry[depth] = fit_probe(x, y, x_val, y_val, len(words))
+        out[name] = entry
+    return out
+
+
+def breakdown(dataset: InterRVOSDataset, results: dict, groups: dict[str, tuple[str, ...]]) -> dict:
+    """Mean J&F (percent) and count per (caption type, first group named, benchmark)."""
+    from reviosa.evaluation import evaluate_results
+
+    scores = evaluate_results(dataset, results)
+    texts = {(s.video_id, s.exp_id): (s.caption_type, s.expression) for s in dataset.samples()}
+    cells = defaultdict(list)
+    for key, per_bench in scores.per_expression.items():
+        caption_type, text = texts[key]
+        level = next((g for g, words in groups.items() if named(text, words)), "neither")
+        for bench, (j, f) in per_bench.items():
+            cells[(caption_type, level, bench)].append((j + f) / 2)
+    return {k: (100 * sum(v) / len(v), len(v)) for k, v in sorted(cells.items())}
+
+
+def parse_groups(specs: list[str] | None) -> dict[str, tuple[str, ...]]:
+    if not specs:
+        return dict(DEFAULT_GROUPS)
+    groups = {}
+    for spec in specs:
+        name, sep, words = spec.partition("=")
+        if not sep or not name or not words.strip(","):
+            raise SystemExit(f"--group takes NAME=word,word,...; got {spec!r}")
+        groups[name] = tuple(w for w in words.split(",") if w)
+    return groups
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m train.probe_words", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("probe", help="linear probes of the referent's vision tokens")
+    p.add_argument("--model", required=True, help="model folder or name")
+    p.add_argument("--data", required=True, help="dataset root with train and val splits")
+    p.add_argument("--clips", type=int, default=300, help="training-split clips to fit on")
+    p.add_argument("--val-clips", type=int, default=40)
+    p.add_argument("--config", default="train/recipes/builtin.yaml", help="clip sampling settings")
+    b = sub.add_parser("breakdown", help="J&F by caption type and by what an expression names")
+    b.add_argument("--gt", required=True)
+    b.add_argument("--split", default="test")
+    b.add_argument("--pred", required=True, help="results JSON of reviosa predict --dataset")
+    for q in (p, b):
+        q.add_argument("--group", action="append", help="NAME=word,word,... (repeatable)")
+    args = parser.parse_args(argv)
+    groups = parse_groups(args.group)
+    if args.command == "breakdown":
+        table = breakdown(InterRVOSDataset(args.gt, args.split), load(Path(args.pred)), groups)
+        print(f"{'caption type':16s} {'names':10s} {'benchmark':8s} {'J&F':>6s} {'n':>5s}")
+        for (caption_type, level, bench), (jf, n) in table.items():
+            print(f"{caption_type:16s} {level:10s} {bench:8s} {jf:6.1f} {n:5d}")
+        return
+    model = from_pretrained(args.model)
+    cfg = load_config(args.config, [])
+
+    def rows(split, count):
+        clips = ClipDataset(
+            InterRVOSDataset(args.data, split), model.processor, model.config, cfg.data, cfg.seed
+        )
+        return referent_features(model, clips, count)
+
+    table = probe_groups(rows("train", args.clips), rows("val", args.val_clips), groups)
+    print(f"{'group':10s} {'depth':6s} {'train':>6s} {'val':>6s} {'chance':>6s} {'n':>9s}")
+    for name, entry in table.items():
+        if "skipped" in entry:
+            print(f"{name:10s} skipped: {entry['skipped']}")
+            continue
+        for depth in ("input", "last"):
+            acc, acc_val = entry[depth]
+            sizes = f"{entry['train_n']}/{entry['val_n']}"
+            print(f"{name:10s} {depth:6s} {acc:6.3f} {acc_val:6.3f} {entry['chance']:6.3f} {sizes:>9s}")
+
+
+if __name__ == "__main__":
+    main()
