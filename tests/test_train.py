@@ -1029,3 +1029,27 @@ def test_probe_words_breakdown_counts_every_expression(synth_root, tmp_path, cap
     assert all(0 <= jf <= 100 for jf, _ in table.values())
     main(["breakdown", "--gt", str(synth_root), "--split", "train", "--pred", str(out)])
     assert "rvos" in capsys.readouterr().out
+
+
+def test_words_term_trains_the_vision_side_only(tiny_parts):
+    """loss.words reaches the vision tower and the projector, never the embedding it scores against."""
+    import copy
+
+    from train.config import LossConfig
+    from train.data import collate
+    from train.model import prepare_trainables
+    from train.objective import TrainStep
+
+    cfg, model, ds = tiny_parts
+    batch = collate([ds[(0, 0)], ds[(0, 1)]], model.processor.ids.pad)
+    loss_cfg = LossConfig(mask_ce=0.0, mask_dice=0.0, aml=0.0, text=0.0, words=1.0)  # words alone
+    prepared = prepare_trainables(copy.deepcopy(model), cfg)
+    step = TrainStep(prepared.wrapper, loss_cfg, nominal_rows=4, bf16=False)
+    loss, terms = step(batch)
+    assert loss.item() == pytest.approx(terms["words"].item() / 4, rel=1e-5)
+    loss.backward()
+    inner = step.model
+    embedding = inner.mllm.get_input_embeddings().weight
+    assert embedding.grad is None or embedding.grad.abs().sum() == 0
+    vision = [p.grad for p in inner.mllm.model.vision_tower.parameters() if p.requires_grad]
+    assert vision and any(g is not None and g.abs().sum() > 0 for g in vision)
