@@ -1053,3 +1053,29 @@ def test_words_term_trains_the_vision_side_only(tiny_parts):
     assert embedding.grad is None or embedding.grad.abs().sum() == 0
     vision = [p.grad for p in inner.mllm.model.vision_tower.parameters() if p.requires_grad]
     assert vision and any(g is not None and g.abs().sum() > 0 for g in vision)
+
+
+def test_probe_words_tower_trains_the_vision_side_alone(tiny_parts):
+    import copy
+
+    from train.probe_words import DEFAULT_GROUPS, coverage, tower_examples, train_tower
+
+    mask = np.zeros((1, 4, 4), dtype=bool)
+    mask[0, :2, :1] = True  # half of the top-left cell's 4 pixels
+    mask[0, 2:, 2:] = True  # all of the bottom-right cell
+    assert coverage(mask, 2).tolist() == [[[0.5, 0.0], [0.0, 1.0]]]
+    _, model, ds = tiny_parts
+    model = copy.deepcopy(model)
+    words = DEFAULT_GROUPS["colour"]
+    examples = tower_examples(model, ds, len(ds), words)
+    assert examples, "the tiny split has single-object expressions that name a colour"
+    for _, cover, labels in examples:
+        assert cover.shape[0] == len(labels) and (cover.flatten(1).sum(1) > 0).all()
+    tower = [p.detach().clone() for p in model.mllm.model.vision_tower.parameters()]
+    llm = [p.detach().clone() for p in model.language_model.parameters()]
+    records = train_tower(model, examples, examples, len(words), steps=3, clips_per_step=2, every=2)
+    assert [r["step"] for r in records] == [2, 3]
+    assert all(0.0 <= r["val_accuracy"] <= 1.0 and r["loss"] > 0 for r in records)
+    after = list(model.mllm.model.vision_tower.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(after, tower, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(model.language_model.parameters(), llm, strict=True))

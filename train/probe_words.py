@@ -3,6 +3,7 @@ expression names.
 
 python -m train.probe_words probe --model MODEL --data ROOT [--clips 300] [--val-clips 40]
     [--group colour=red,green,... --group shape=circle,...]
+python -m train.probe_words tower --model MODEL --data ROOT [--fresh] [--steps 1500] [--group ...]
 python -m train.probe_words breakdown --gt ROOT --split test --pred RESULTS.json [--group ...]
 
 ``probe``: for each expression that names one object (caption type ``single``), the referent's
@@ -11,6 +12,11 @@ last layer. For each word group (default: the synthetic world's colours and shap
 classifier, fitted on the training split's referents, reads which of the group's words the
 expression uses, and is scored on the validation split's. A group the tokens do not carry reads
 at chance, and no attention can then find a referent by it.
+
+``tower``: can the vision tower learn a group at all? It trains the model's vision tower and
+projector (``--fresh``: re-initialised) with a linear head on the first group's word, from the
+referent's tokens pooled by coverage (the fraction of each grid cell the referent covers, so the
+cells on its outline count), and prints the training loss and the validation accuracy as it goes.
 
 ``breakdown``: J&F of a results file per caption type and per which group an expression names
 first (colour before shape; "neither" for those that name their referents by motion alone).
@@ -22,6 +28,7 @@ import argparse
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -123,6 +130,71 @@ def probe_groups(train_rows, val_rows, groups: dict[str, tuple[str, ...]]) -> di
     return out
 
 
+def coverage(masks: np.ndarray, grid: int) -> torch.Tensor:
+    """bool (K, H, W) -> float (K, g, g): the fraction of each grid cell the mask covers."""
+    x = torch.from_numpy(masks.astype(np.float32))[:, None]
+    return F.interpolate(x, size=(grid, grid), mode="area")[:, 0]
+
+
+def tower_examples(model, clips: ClipDataset, count: int, words: tuple[str, ...]) -> list:
+    """Per clip with single-object expressions naming one of ``words``: (batch, coverage float
+    (N, K, g, g), labels long (N,))."""
+    out = []
+    for c in range(min(count, len(clips))):
+        item = clips[(0, c)]
+        covers, labels = [], []
+        for video, exp in item.keys:
+            sample = clips.dataset.sample(video, exp)
+            word = named(sample.expression, words)
+            cover = coverage(sample.actor_masks(item.keyframes), model.config.grid)
+            if sample.caption_type == "single" and word and cover.sum() > 0:
+                covers.append(cover)
+                labels.append(words.index(word))
+        if covers:
+            out.append((collate([item], model.processor.ids.pad), torch.stack(covers), torch.tensor(labels)))
+    return out
+
+
+def region_logits(model, head: torch.nn.Linear, batch, cover: torch.Tensor) -> torch.Tensor:
+    """Head logits of the coverage-weighted mean of a clip's vision-token inputs: (N, classes)."""
+    embeds = model.embed(batch.input_ids[:1], batch.mllm_pixels)
+    tokens = _vision_states(embeds, batch.input_ids[:1], model)[0]  # (K, g, g, D)
+    pooled = torch.einsum("nkyx,kyxd->nd", cover, tokens) / cover.flatten(1).sum(1, keepdim=True)
+    return head(pooled)
+
+
+def train_tower(model, train, val, classes: int, steps: int, clips_per_step: int = 4, lr: float = 1e-3,
+                every: int = 250, fresh: bool = False) -> list[dict]:  # fmt: skip
+    """Train the vision tower, the projector and a linear head on ``train`` (``tower_examples``);
+    every ``every`` steps a record of the mean training loss and the accuracy on ``val``."""
+    torch.manual_seed(0)
+    parts = [model.mllm.model.vision_tower, model.mllm.model.multi_modal_projector]
+    if fresh:
+        for part in parts:
+            part.apply(model.mllm._init_weights)
+    params = [p for part in parts for p in part.parameters()]
+    head = torch.nn.Linear(model.config.text.hidden_size, classes)
+    opt = torch.optim.AdamW([*params, *head.parameters()], lr=lr, weight_decay=0.0)
+    model.eval()  # no dropout; the parts still train
+    records, losses = [], []
+    for step in range(steps):
+        chosen = [train[(step * clips_per_step + i) % len(train)] for i in range(clips_per_step)]
+        loss = sum(F.cross_entropy(region_logits(model, head, b, c), y) for b, c, y in chosen) / len(chosen)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        if (step + 1) % every == 0 or step + 1 == steps:
+            with torch.no_grad():
+                right = sum((region_logits(model, head, b, c).argmax(1) == y).sum().item() for b, c, y in val)
+            total = sum(len(y) for _, _, y in val)
+            records.append(
+                {"step": step + 1, "loss": sum(losses) / len(losses), "val_accuracy": right / total}
+            )
+            losses = []
+    return records
+
+
 def breakdown(dataset: InterRVOSDataset, results: dict, groups: dict[str, tuple[str, ...]]) -> dict:
     """Mean J&F (percent) and count per (caption type, first group named, benchmark)."""
     from reviosa.evaluation import evaluate_results
@@ -158,31 +230,62 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data", required=True, help="dataset root with train and val splits")
     p.add_argument("--clips", type=int, default=300, help="training-split clips to fit on")
     p.add_argument("--val-clips", type=int, default=40)
-    p.add_argument("--config", default="train/recipes/builtin.yaml", help="clip sampling settings")
+    t = sub.add_parser("tower", help="train the vision tower alone on the first group's word")
+    t.add_argument("--model", required=True)
+    t.add_argument("--data", required=True)
+    t.add_argument("--fresh", action="store_true", help="re-initialise the tower and the projector")
+    t.add_argument("--steps", type=int, default=1500)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--every", type=int, default=250)
+    t.add_argument("--clips", type=int, default=400)
+    t.add_argument("--val-clips", type=int, default=40)
     b = sub.add_parser("breakdown", help="J&F by caption type and by what an expression names")
     b.add_argument("--gt", required=True)
     b.add_argument("--split", default="test")
     b.add_argument("--pred", required=True, help="results JSON of reviosa predict --dataset")
-    for q in (p, b):
+    for q in (p, t):
+        q.add_argument("--config", default="train/recipes/builtin.yaml", help="clip sampling settings")
+    for q in (p, t, b):
         q.add_argument("--group", action="append", help="NAME=word,word,... (repeatable)")
     args = parser.parse_args(argv)
     groups = parse_groups(args.group)
     if args.command == "breakdown":
-        table = breakdown(InterRVOSDataset(args.gt, args.split), load(Path(args.pred)), groups)
-        print(f"{'caption type':16s} {'names':10s} {'benchmark':8s} {'J&F':>6s} {'n':>5s}")
-        for (caption_type, level, bench), (jf, n) in table.items():
-            print(f"{caption_type:16s} {level:10s} {bench:8s} {jf:6.1f} {n:5d}")
+        print_breakdown(breakdown(InterRVOSDataset(args.gt, args.split), load(Path(args.pred)), groups))
         return
     model = from_pretrained(args.model)
     cfg = load_config(args.config, [])
 
-    def rows(split, count):
-        clips = ClipDataset(
+    def clips(split: str) -> ClipDataset:
+        return ClipDataset(
             InterRVOSDataset(args.data, split), model.processor, model.config, cfg.data, cfg.seed
         )
-        return referent_features(model, clips, count)
 
-    table = probe_groups(rows("train", args.clips), rows("val", args.val_clips), groups)
+    if args.command == "tower":
+        name, words = next(iter(groups.items())) if args.group else ("shape", DEFAULT_GROUPS["shape"])
+        train = tower_examples(model, clips("train"), args.clips, words)
+        val = tower_examples(model, clips("val"), args.val_clips, words)
+        labels = torch.cat([y for _, _, y in val])
+        print(
+            f"{name}: {int(sum(len(y) for *_, y in train))} training and {len(labels)} val referents; "
+            f"val majority rate {labels.bincount().max().item() / len(labels):.3f}"
+        )
+        records = train_tower(
+            model, train, val, len(words), args.steps, lr=args.lr, every=args.every, fresh=args.fresh
+        )
+        for r in records:
+            print(f"step {r['step']:5d}  train loss {r['loss']:.3f}  val accuracy {r['val_accuracy']:.3f}")
+        return
+    train_rows = referent_features(model, clips("train"), args.clips)
+    print_probes(probe_groups(train_rows, referent_features(model, clips("val"), args.val_clips), groups))
+
+
+def print_breakdown(table: dict) -> None:
+    print(f"{'caption type':16s} {'names':10s} {'benchmark':8s} {'J&F':>6s} {'n':>5s}")
+    for (caption_type, level, bench), (jf, n) in table.items():
+        print(f"{caption_type:16s} {level:10s} {bench:8s} {jf:6.1f} {n:5d}")
+
+
+def print_probes(table: dict) -> None:
     print(f"{'group':10s} {'depth':6s} {'train':>6s} {'val':>6s} {'chance':>6s} {'n':>9s}")
     for name, entry in table.items():
         if "skipped" in entry:
