@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce the built-in model and its evaluation (about 1 h on 2 CPU cores: 49 min of training):
+# Reproduce the built-in model and its evaluation (about 1 h on 2 CPU cores: 35-50 min of training):
 #   train from scratch on the synthetic world -> export to reviosa/builtin ->
 #   generate test splits of two seeds -> predict --dataset -> evaluate.
 # Usage: scripts/reproduce_builtin.sh [RUN_DIR] [TEST_CLIPS]
