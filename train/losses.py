@@ -225,10 +225,10 @@ def region_words_loss(
     The mean of the vision-token inputs under the referent's grid mask is scored against every
     row of the input embedding (``scale * cos``, a softmax over the vocabulary); the loss is the
     mean of minus the log-probability of each of the expression's tokens. A linear probe of the
-    built-in model's vision tokens read colour on 100 % of val referents and shape on 19 % (majority
-    class 30 %; ``train.probe_words``), and its masks failed the expressions that name no colour: the language path teaches the
-    vision tower only what it already separates. This term asks the tokens to carry every word
-    said of them, with no extra parameters. The other role's words are in the target too; they
+    built-in model's vision tokens read colour on 100 % of val referents and shape on 19 %
+    (majority class 30 %; ``train.probe_words``), and its masks failed the expressions that name
+    no colour: the language path teaches the vision tower only what it already separates. This
+    term asks the tokens to carry every word said of them, with no extra parameters. The other role's words are in the target too; they
     vary across clips, so what stays is what is always said of the referent.
 
     vision_inputs: float (B, K, g, g, D); targets: float (B, R, K, g, g); embedding: float (V, D);

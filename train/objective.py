@@ -134,9 +134,9 @@ class TrainStep(nn.Module):
             )
         vision = inputs = embedding = None
         if self.loss_cfg.grounding:
-            vision = _vision_states(hidden["last"], batch.input_ids, model)
+            vision = vision_token_states(hidden["last"], batch.input_ids, model)
         if self.loss_cfg.words:
-            inputs = _vision_states(hidden["first"], batch.input_ids, model)
+            inputs = vision_token_states(hidden["first"], batch.input_ids, model)
             # Fixed targets for this term: trained by it too, the shape words' rows drifted together
             # toward what the vision tokens shared (a tied run read shape at chance on val, 17 %,
             # at step 400), which leaves no gradient that tells shapes apart.
@@ -176,7 +176,7 @@ class TrainStep(nn.Module):
                 handle.remove()
 
 
-def _vision_states(hidden: torch.Tensor, input_ids: torch.Tensor, model: ReviosaModel) -> torch.Tensor:
+def vision_token_states(hidden: torch.Tensor, input_ids: torch.Tensor, model: ReviosaModel) -> torch.Tensor:
     """The vision tokens' slice of per-token states (inputs or a layer's): (B, L, D) -> (B, K, g, g, D)."""
     g = model.config.grid
     positions = vision_positions_from_ids(input_ids, model.processor.ids.img_context, g)  # (B, N)

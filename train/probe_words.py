@@ -34,11 +34,12 @@ import torch.nn.functional as F
 
 from reviosa.data import InterRVOSDataset
 from reviosa.data.synth_render import COLOURS, SHAPES
+from reviosa.evaluation import evaluate_results
 from reviosa.hub import from_pretrained
 from reviosa.results import load
 from train.config import load_config
 from train.data import ClipDataset, collate
-from train.objective import _vision_states
+from train.objective import vision_token_states
 
 DEFAULT_GROUPS = {"colour": tuple(COLOURS), "shape": SHAPES}
 
@@ -69,8 +70,8 @@ def referent_features(model, clips: ClipDataset, count: int) -> list[tuple[str, 
                 batch = collate([clips[(0, c)]], model.processor.ids.pad)
                 embeds = model.embed(batch.input_ids[:1], batch.mllm_pixels)
                 model.hidden_states(embeds, batch.attention_mask[:1])
-                first = _vision_states(holder["first"], batch.input_ids[:1], model)[0]  # (K, g, g, D)
-                last = _vision_states(holder["last"], batch.input_ids[:1], model)[0]
+                first = vision_token_states(holder["first"], batch.input_ids[:1], model)[0]  # (K, g, g, D)
+                last = vision_token_states(holder["last"], batch.input_ids[:1], model)[0]
                 for e, (video, exp) in enumerate(batch.keys):
                     sample = clips.dataset.sample(video, exp)
                     cells = batch.grids[e, 0] > 0.5  # (K, g, g)
@@ -114,8 +115,7 @@ def probe_groups(train_rows, val_rows, groups: dict[str, tuple[str, ...]]) -> di
     for name, words in groups.items():
 
         def labelled(rows, words=words):
-            keep = [(words.index(w), a, b) for text, a, b in rows if (w := named(text, words))]
-            return keep
+            return [(words.index(w), a, b) for text, a, b in rows if (w := named(text, words))]
 
         tr, va = labelled(train_rows), labelled(val_rows)
         if len({t[0] for t in tr}) < 2 or not va:
@@ -146,8 +146,10 @@ def tower_examples(model, clips: ClipDataset, count: int, words: tuple[str, ...]
         for video, exp in item.keys:
             sample = clips.dataset.sample(video, exp)
             word = named(sample.expression, words)
+            if sample.caption_type != "single" or word is None:
+                continue
             cover = coverage(sample.actor_masks(item.keyframes), model.config.grid)
-            if sample.caption_type == "single" and word and cover.sum() > 0:
+            if cover.sum() > 0:
                 covers.append(cover)
                 labels.append(words.index(word))
         if covers:
@@ -158,7 +160,7 @@ def tower_examples(model, clips: ClipDataset, count: int, words: tuple[str, ...]
 def region_logits(model, head: torch.nn.Linear, batch, cover: torch.Tensor) -> torch.Tensor:
     """Head logits of the coverage-weighted mean of a clip's vision-token inputs: (N, classes)."""
     embeds = model.embed(batch.input_ids[:1], batch.mllm_pixels)
-    tokens = _vision_states(embeds, batch.input_ids[:1], model)[0]  # (K, g, g, D)
+    tokens = vision_token_states(embeds, batch.input_ids[:1], model)[0]  # (K, g, g, D)
     pooled = torch.einsum("nkyx,kyxd->nd", cover, tokens) / cover.flatten(1).sum(1, keepdim=True)
     return head(pooled)
 
@@ -197,8 +199,6 @@ def train_tower(model, train, val, classes: int, steps: int, clips_per_step: int
 
 def breakdown(dataset: InterRVOSDataset, results: dict, groups: dict[str, tuple[str, ...]]) -> dict:
     """Mean J&F (percent) and count per (caption type, first group named, benchmark)."""
-    from reviosa.evaluation import evaluate_results
-
     scores = evaluate_results(dataset, results)
     texts = {(s.video_id, s.exp_id): (s.caption_type, s.expression) for s in dataset.samples()}
     cells = defaultdict(list)
