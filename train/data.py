@@ -283,23 +283,22 @@ class ClipDataset(Dataset):
         )
 
 
+def right_pad(rows: list[list[int]], value: int) -> torch.Tensor:
+    """Token-id lists -> long (N, longest) right-padded with ``value``."""
+    out = torch.full((len(rows), max(map(len, rows), default=0)), value, dtype=torch.long)
+    for b, ids in enumerate(rows):
+        out[b, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+    return out
+
+
 def collate(items: list[ClipItem], pad_id: int) -> Batch:
     """Stack clips; rows (expressions) right-padded to the longest sequence."""
     sequences = [s for item in items for s in item.sequences]
-    labels = [s for item in items for s in item.labels]
-    width = max(len(s) for s in sequences)
-    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    label_ids = torch.full((len(sequences), width), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for b, (seq, lab) in enumerate(zip(sequences, labels, strict=True)):
-        input_ids[b, : len(seq)] = torch.tensor(seq)
-        label_ids[b, : len(lab)] = torch.tensor(lab)
-        mask[b, : len(seq)] = 1
     clip_of = torch.tensor([c for c, item in enumerate(items) for _ in item.sequences], dtype=torch.long)
-    expressions = [w for item in items for w in item.words]
-    words = torch.full((len(expressions), max(map(len, expressions), default=0)), -1, dtype=torch.long)
-    for b, ids in enumerate(expressions):
-        words[b, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+    input_ids = right_pad(sequences, pad_id)
+    label_ids = right_pad([s for item in items for s in item.labels], IGNORE)
+    mask = right_pad([[1] * len(s) for s in sequences], 0)
+    words = right_pad([w for item in items for w in item.words], -1)
     return Batch(
         input_ids=input_ids,
         attention_mask=mask,

@@ -117,7 +117,10 @@ class TrainStep(nn.Module):
         use_bf16 = self.bf16 and batch.input_ids.device.type == "cuda"
         with (
             torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16),
-            self._language_io(model, self.loss_cfg) as hidden,
+            # the words term reads the vision tokens' inputs, the grounding term their last states
+            language_io(
+                model, inputs=bool(self.loss_cfg.words), last=bool(self.loss_cfg.grounding)
+            ) as hidden,
         ):
             # Pixels per clip, encoded once for all of the clip's expressions (clip_index).
             out = model.forward_train(
@@ -150,30 +153,30 @@ class TrainStep(nn.Module):
         cfg = self.loss_cfg
         return bool(cfg.example or cfg.distill or cfg.contrast)
 
-    @staticmethod
-    @contextlib.contextmanager
-    def _language_io(model: ReviosaModel, cfg: LossConfig) -> Iterator[dict]:
-        """Catch the language model's input embeddings ("first", for the words term) and last
-        hidden states ("last", for the grounding term), float (B, L, D), when a term reads them."""
-        holder: dict = {}
-        handles = []
-        if cfg.words:
 
-            def pre_hook(_module, _args, kwargs):
-                holder["first"] = kwargs["inputs_embeds"]
+@contextlib.contextmanager
+def language_io(model: ReviosaModel, inputs: bool, last: bool) -> Iterator[dict]:
+    """Catch the language model's input embeddings (``holder["first"]``) and last hidden states
+    (``holder["last"]``), float (B, L, D), of its forward passes inside the block."""
+    holder: dict = {}
+    handles = []
+    if inputs:
 
-            handles.append(model.language_model.register_forward_pre_hook(pre_hook, with_kwargs=True))
-        if cfg.grounding:
+        def pre_hook(_module, _args, kwargs):
+            holder["first"] = kwargs["inputs_embeds"]
 
-            def hook(_module, _inputs, output):
-                holder["last"] = output.last_hidden_state
+        handles.append(model.language_model.register_forward_pre_hook(pre_hook, with_kwargs=True))
+    if last:
 
-            handles.append(model.language_model.register_forward_hook(hook))
-        try:
-            yield holder
-        finally:
-            for handle in handles:
-                handle.remove()
+        def hook(_module, _inputs, output):
+            holder["last"] = output.last_hidden_state
+
+        handles.append(model.language_model.register_forward_hook(hook))
+    try:
+        yield holder
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def vision_token_states(hidden: torch.Tensor, input_ids: torch.Tensor, model: ReviosaModel) -> torch.Tensor:

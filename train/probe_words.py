@@ -39,7 +39,7 @@ from reviosa.hub import from_pretrained
 from reviosa.results import load
 from train.config import load_config
 from train.data import ClipDataset, collate
-from train.objective import vision_token_states
+from train.objective import language_io, vision_token_states
 
 DEFAULT_GROUPS = {"colour": tuple(COLOURS), "shape": SHAPES}
 
@@ -57,28 +57,18 @@ def referent_features(model, clips: ClipDataset, count: int) -> list[tuple[str, 
     """(expression, input features (D,), last-layer features (D,)) of the single-object
     expressions of the first ``count`` clips whose referent is on a keyframe."""
     rows = []
-    holder: dict = {}
-
-    def catch(_module, _args, kwargs, output):
-        holder["first"], holder["last"] = kwargs["inputs_embeds"], output.last_hidden_state
-
-    handle = model.language_model.register_forward_hook(catch, with_kwargs=True)
     model.eval()
-    try:
-        with torch.no_grad():
-            for c in range(min(count, len(clips))):
-                batch = collate([clips[(0, c)]], model.processor.ids.pad)
-                embeds = model.embed(batch.input_ids[:1], batch.mllm_pixels)
-                model.hidden_states(embeds, batch.attention_mask[:1])
-                first = vision_token_states(holder["first"], batch.input_ids[:1], model)[0]  # (K, g, g, D)
-                last = vision_token_states(holder["last"], batch.input_ids[:1], model)[0]
-                for e, (video, exp) in enumerate(batch.keys):
-                    sample = clips.dataset.sample(video, exp)
-                    cells = batch.grids[e, 0] > 0.5  # (K, g, g)
-                    if sample.caption_type == "single" and cells.any():
-                        rows.append((sample.expression, first[cells].mean(0), last[cells].mean(0)))
-    finally:
-        handle.remove()
+    with torch.no_grad(), language_io(model, inputs=True, last=True) as holder:
+        for c in range(min(count, len(clips))):
+            batch = collate([clips[(0, c)]], model.processor.ids.pad)
+            model.hidden_states(model.embed(batch.input_ids[:1], batch.mllm_pixels), batch.attention_mask[:1])
+            first = vision_token_states(holder["first"], batch.input_ids[:1], model)[0]  # (K, g, g, D)
+            last = vision_token_states(holder["last"], batch.input_ids[:1], model)[0]
+            for e, (video, exp) in enumerate(batch.keys):
+                sample = clips.dataset.sample(video, exp)
+                cells = batch.grids[e, 0] > 0.5  # (K, g, g)
+                if sample.caption_type == "single" and cells.any():
+                    rows.append((sample.expression, first[cells].mean(0), last[cells].mean(0)))
     return rows
 
 
@@ -165,8 +155,17 @@ def region_logits(model, head: torch.nn.Linear, batch, cover: torch.Tensor) -> t
     return head(pooled)
 
 
-def train_tower(model, train, val, classes: int, steps: int, clips_per_step: int = 4, lr: float = 1e-3,
-                every: int = 250, fresh: bool = False) -> list[dict]:  # fmt: skip
+def train_tower(
+    model,
+    train: list,
+    val: list,
+    classes: int,
+    steps: int,
+    clips_per_step: int = 4,
+    lr: float = 1e-3,
+    every: int = 250,
+    fresh: bool = False,
+) -> list[dict]:
     """Train the vision tower, the projector and a linear head on ``train`` (``tower_examples``);
     every ``every`` steps a record of the mean training loss and the accuracy on ``val``."""
     torch.manual_seed(0)
