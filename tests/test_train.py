@@ -989,10 +989,11 @@ def test_probe_words_named_and_fit():
     assert val < 0.7  # features that do not carry the label read near chance (1/3)
 
 
-def test_probe_words_reads_the_referents_vision_inputs(tiny_parts):
-    """The probe's input features are the projector's outputs under the referent's grid cells."""
+def test_probe_words_reads_the_referent_at_every_site(tiny_parts):
+    """The probe's input features are the projector's outputs under the referent's grid cells; its
+    example and prompt features are the model's example and [SEG_ACT] prompts for that row."""
     from train.data import collate
-    from train.probe_words import referent_features
+    from train.probe_words import SITES, referent_features
 
     _, model, ds = tiny_parts
     rows = referent_features(model, ds, len(ds))
@@ -1001,16 +1002,51 @@ def test_probe_words_reads_the_referents_vision_inputs(tiny_parts):
         batch = collate([ds[(0, c)]], model.processor.ids.pad)
         with torch.no_grad():
             embeds = model.embed(batch.input_ids[:1], batch.mllm_pixels)[0]  # (L, D)
+            out = model.forward_train(
+                batch.input_ids, batch.attention_mask, batch.labels, batch.mllm_pixels,
+                batch.sam_pixels, clip_index=batch.clip_of, example_masks=batch.masks,
+            )  # fmt: skip
         slots = batch.input_ids[0] == model.processor.ids.img_context
         tokens = embeds[slots].reshape(-1, g, g, embeds.shape[-1])  # (K, g, g, D)
         for e, (video, exp) in enumerate(batch.keys):
             cells = batch.grids[e, 0] > 0.5  # (K, g, g)
             if ds.dataset.sample(video, exp).caption_type == "single" and cells.any():
-                expected.append(tokens[cells].mean(0))
+                expected.append((tokens[cells].mean(0), out.example.prompts[e, 0], out.role_prompts[e, 0]))
     assert len(rows) == len(expected) > 0
-    for (_, first, last), want in zip(rows, expected, strict=True):
-        torch.testing.assert_close(first, want)
-        assert last.shape == want.shape and not torch.allclose(last, want)
+    for (_, features), (first, example, prompt) in zip(rows, expected, strict=True):
+        assert set(features) == set(SITES)
+        torch.testing.assert_close(features["input"], first)
+        last = features["last"]
+        assert last.shape == first.shape and not torch.allclose(last, first)
+        torch.testing.assert_close(features["example"], example)
+        torch.testing.assert_close(features["prompt"], prompt)
+    # Referents of different masks pool different SAM2 features.
+    assert not torch.allclose(rows[0][1]["example"], rows[-1][1]["example"])
+
+
+def test_probe_groups_reads_each_site_on_its_own():
+    """A site that carries the named word reads it on validation; one that does not reads near chance."""
+    from reviosa.data.synth_render import SHAPES
+    from train.probe_words import SITES, probe_groups
+
+    gen = torch.Generator().manual_seed(0)
+    centres = 4 * torch.eye(len(SHAPES), 16)
+
+    def rows(n):
+        out = []
+        for i in range(n):
+            label = i % len(SHAPES)
+            features = {site: torch.randn(16, generator=gen) for site in SITES}
+            features["example"] = features["example"] + centres[label]
+            out.append((f"the {SHAPES[label]} moving left", features))
+        return out + [("object chasing another object", {site: torch.zeros(16) for site in SITES})]
+
+    table = probe_groups(rows(100), rows(50), {"shape": SHAPES, "colour": ("red", "blue")})
+    shape = table["shape"]
+    assert (shape["train_n"], shape["val_n"], shape["chance"]) == (100, 50, 0.2)
+    assert shape["example"][1] >= 0.9
+    assert all(shape[site][1] < 0.5 for site in SITES if site != "example")
+    assert "skipped" in table["colour"]  # no expression names a colour
 
 
 def test_probe_words_breakdown_counts_every_expression(synth_root, tmp_path, capsys):

@@ -6,12 +6,14 @@ python -m train.probe_words probe --model MODEL --data ROOT [--clips 300] [--val
 python -m train.probe_words tower --model MODEL --data ROOT [--fresh] [--steps 1500] [--group ...]
 python -m train.probe_words breakdown --gt ROOT --split test --pred RESULTS.json [--group ...]
 
-``probe``: for each expression that names one object (caption type ``single``), the referent's
-vision tokens (the mean over its keyframe grid cells) at the language model's input and at its
-last layer. For each word group (default: the synthetic world's colours and shapes) a linear
-classifier, fitted on the training split's referents, reads which of the group's words the
-expression uses, and is scored on the validation split's. A group the tokens do not carry reads
-at chance, and no attention can then find a referent by it.
+``probe``: for each expression that names one object (caption type ``single``), the referent at
+four sites: its vision tokens (the mean over its keyframe grid cells) at the language model's
+input and at its last layer, SAM2's image features pooled under its masks (the example prompt:
+what SAM2 sees of it) and the prompt the model makes from ``[SEG_ACT]``. For each word group
+(default: the synthetic world's colours and shapes) a linear classifier, fitted on the training
+split's referents, reads which of the group's words the expression uses, and is scored on the
+validation split's. A group the vision tokens do not carry reads at chance there, and no
+attention can then find a referent by it; the prompt can carry the word from the text alone.
 
 ``tower``: can the vision tower learn a group at all? It trains the model's vision tower and
 projector (``--fresh``: re-initialised) with a linear head on the first group's word, from the
@@ -53,22 +55,44 @@ def named(expression: str, words: tuple[str, ...]) -> str | None:
     return None
 
 
-def referent_features(model, clips: ClipDataset, count: int) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
-    """(expression, input features (D,), last-layer features (D,)) of the single-object
-    expressions of the first ``count`` clips whose referent is on a keyframe."""
+# Where the probe reads the referent: its vision tokens at the language model's input and last
+# layer, SAM2's features pooled under it (the example prompt) and the prompt made from [SEG_ACT].
+SITES = ("input", "last", "example", "prompt")
+
+
+def referent_features(model, clips: ClipDataset, count: int) -> list[tuple[str, dict[str, torch.Tensor]]]:
+    """(expression, {site: features}) of the single-object expressions of the first ``count``
+    clips whose referent is on a keyframe; per site of SITES a float vector, (D,) for "input" and
+    "last", (P,) for "example" and "prompt"."""
     rows = []
     model.eval()
     with torch.no_grad(), language_io(model, inputs=True, last=True) as holder:
         for c in range(min(count, len(clips))):
             batch = collate([clips[(0, c)]], model.processor.ids.pad)
-            model.hidden_states(model.embed(batch.input_ids[:1], batch.mllm_pixels), batch.attention_mask[:1])
-            first = vision_token_states(holder["first"], batch.input_ids[:1], model)[0]  # (K, g, g, D)
-            last = vision_token_states(holder["last"], batch.input_ids[:1], model)[0]
+            out = model.forward_train(
+                batch.input_ids,
+                batch.attention_mask,
+                batch.labels,
+                batch.mllm_pixels,
+                batch.sam_pixels,
+                clip_index=batch.clip_of,
+                decode_absent=False,
+                example_masks=batch.masks,
+            )
+            # The vision tokens come before the expression, so every row holds the same states.
+            first = vision_token_states(holder["first"][:1], batch.input_ids[:1], model)[0]  # (K, g, g, D)
+            last = vision_token_states(holder["last"][:1], batch.input_ids[:1], model)[0]
             for e, (video, exp) in enumerate(batch.keys):
                 sample = clips.dataset.sample(video, exp)
                 cells = batch.grids[e, 0] > 0.5  # (K, g, g)
                 if sample.caption_type == "single" and cells.any():
-                    rows.append((sample.expression, first[cells].mean(0), last[cells].mean(0)))
+                    features = {
+                        "input": first[cells].mean(0),
+                        "last": last[cells].mean(0),
+                        "example": out.example.prompts[e, 0],
+                        "prompt": out.role_prompts[e, 0],
+                    }
+                    rows.append((sample.expression, features))
     return rows
 
 
@@ -99,13 +123,13 @@ def fit_probe(
 
 
 def probe_groups(train_rows, val_rows, groups: dict[str, tuple[str, ...]]) -> dict[str, dict]:
-    """Per group and depth ("input", "last"): train / val accuracy, the val majority-class rate
-    (chance) and the numbers of referents."""
+    """Per group and site of SITES: train / val accuracy, the val majority-class rate (chance) and
+    the numbers of referents."""
     out = {}
     for name, words in groups.items():
 
         def labelled(rows, words=words):
-            return [(words.index(w), a, b) for text, a, b in rows if (w := named(text, words))]
+            return [(words.index(w), features) for text, features in rows if (w := named(text, words))]
 
         tr, va = labelled(train_rows), labelled(val_rows)
         if len({t[0] for t in tr}) < 2 or not va:
@@ -113,9 +137,9 @@ def probe_groups(train_rows, val_rows, groups: dict[str, tuple[str, ...]]) -> di
             continue
         y, y_val = torch.tensor([t[0] for t in tr]), torch.tensor([t[0] for t in va])
         entry = {"train_n": len(tr), "val_n": len(va), "chance": y_val.bincount().max().item() / len(va)}
-        for depth, i in (("input", 1), ("last", 2)):
-            x, x_val = torch.stack([t[i] for t in tr]), torch.stack([t[i] for t in va])
-            entry[depth] = fit_probe(x, y, x_val, y_val, len(words))
+        for site in SITES:
+            x, x_val = torch.stack([t[1][site] for t in tr]), torch.stack([t[1][site] for t in va])
+            entry[site] = fit_probe(x, y, x_val, y_val, len(words))
         out[name] = entry
     return out
 
@@ -285,15 +309,15 @@ def print_breakdown(table: dict) -> None:
 
 
 def print_probes(table: dict) -> None:
-    print(f"{'group':10s} {'depth':6s} {'train':>6s} {'val':>6s} {'chance':>6s} {'n':>9s}")
+    print(f"{'group':10s} {'site':8s} {'train':>6s} {'val':>6s} {'chance':>6s} {'n':>9s}")
     for name, entry in table.items():
         if "skipped" in entry:
             print(f"{name:10s} skipped: {entry['skipped']}")
             continue
-        for depth in ("input", "last"):
-            acc, acc_val = entry[depth]
+        for site in SITES:
+            acc, acc_val = entry[site]
             sizes = f"{entry['train_n']}/{entry['val_n']}"
-            print(f"{name:10s} {depth:6s} {acc:6.3f} {acc_val:6.3f} {entry['chance']:6.3f} {sizes:>9s}")
+            print(f"{name:10s} {site:8s} {acc:6.3f} {acc_val:6.3f} {entry['chance']:6.3f} {sizes:>9s}")
 
 
 if __name__ == "__main__":
