@@ -87,7 +87,12 @@ def build_model(cfg: TrainConfig, corpus: list[str], run_dir: Path) -> ReviosaMo
     config = model_config(cfg)
     tokenizer = build_tokenizer_for(cfg, corpus, run_dir)
     torch.manual_seed(cfg.seed)
-    return ReviosaModel(config, tokenizer).train()
+    model = ReviosaModel(config, tokenizer)
+    if cfg.model.vision_init:
+        from train.pretrain_vision import load_vision
+
+        load_vision(model, cfg.model.vision_init)
+    return model.train()
 
 
 # --- what trains ----------------------------------------------------------------------------------

@@ -101,7 +101,8 @@ def clip_rng(seed: int, split: str, index: int) -> np.random.Generator:
 # --------------------------------------------------------------------------------------------- planning
 
 
-def _random_look(rng: np.random.Generator, size: int, shape: str | None = None) -> Appearance:
+def random_look(rng: np.random.Generator, size: int, shape: str | None = None) -> Appearance:
+    """A random object look; ``size`` is the frame side in pixels (the radius scales with it)."""
     size_name = str(rng.choice(list(SIZES)))
     return Appearance(
         colour=str(rng.choice(list(COLOURS))),
@@ -152,7 +153,7 @@ def _plan(rng: np.random.Generator, cfg: WorldConfig, num_frames: int) -> _Plan:
     for unit, kind in _units(rng, num_objects, cfg):
         first = len(looks)
         if unit in ("uni", "bi"):
-            pair = [_random_look(rng, size), _random_look(rng, size)]
+            pair = [random_look(rng, size), random_look(rng, size)]
             contact = pair[0].radius + pair[1].radius
             pair_paths = _place(
                 rng,
@@ -175,13 +176,13 @@ def _plan(rng: np.random.Generator, cfg: WorldConfig, num_frames: int) -> _Plan:
             continue
         if unit == "group":
             shape = str(rng.choice(SHAPES))
-            members = [(_random_look(rng, size, shape), kind), (_random_look(rng, size, shape), kind)]
+            members = [(random_look(rng, size, shape), kind), (random_look(rng, size, shape), kind)]
         elif unit == "lookalike":
-            twin = _random_look(rng, size)
+            twin = random_look(rng, size)
             m1, m2 = rng.choice(SINGLE_MOTIONS, size=2, replace=False)
             members = [(twin, str(m1)), (twin, str(m2))]
         else:
-            members = [(_random_look(rng, size), kind)]
+            members = [(random_look(rng, size), kind)]
         for look, motion in members:
             path = _place(
                 rng,

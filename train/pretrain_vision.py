@@ -1,0 +1,268 @@
+"""Pretrain a from-scratch model's vision tower on the synthetic world's object attributes.
+
+python -m train.pretrain_vision --config train/recipes/builtin.yaml --out runs/vision
+    [--steps 2000] [--batch 16] [--lr 1e-3] [--val-scenes 256]
+
+Real ReVIOSa checkpoints start from a pretrained InternViT that already tells a triangle from a
+square; a tower trained from scratch only through the segmentation losses never learned shape
+(``python -m train.probe_words probe``: shape read at chance from its tokens). This trains the
+vision tower and projector of the config's from-scratch model, alone, on freshly rendered still
+scenes (one to four objects, the world's backgrounds and occluders): a linear head per attribute
+(colour, shape, size, texture) reads each object from its tokens pooled by coverage, the way a
+referent's tokens are pooled elsewhere. Every step renders new scenes, so the tower cannot
+memorise a fixed set of referents (the ``tower`` probe's failure). It writes OUT/vision.safetensors
+(``vision_tower.*`` and ``multi_modal_projector.*``), which ``model.vision_init`` loads strictly
+into a from-scratch model, and OUT/vision.json with the validation accuracies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from reviosa.data.synth import random_look
+from reviosa.data.synth_render import (
+    COLOURS,
+    SHAPES,
+    SIZES,
+    TEXTURES,
+    make_background,
+    make_occluder,
+    render_clip,
+    shape_mask,
+)
+from reviosa.modeling import ReviosaModel
+from reviosa.tokenizer import build_tokenizer
+from train.config import load_config
+from train.model import model_config
+from train.probe_words import coverage
+
+ATTRIBUTES: dict[str, tuple[str, ...]] = {
+    "colour": tuple(COLOURS),
+    "shape": SHAPES,
+    "size": tuple(SIZES),
+    "texture": TEXTURES,
+}
+PARTS = ("vision_tower", "multi_modal_projector")  # submodules of mllm.model that the file holds
+WEIGHTS, REPORT = "vision.safetensors", "vision.json"
+
+
+@dataclass
+class PretrainConfig:
+    steps: int = 2000
+    batch: int = 16  # scenes per step
+    lr: float = 1e-3
+    max_objects: int = 4
+    min_visible: float = 0.6  # objects showing less of their area than this are not labelled
+    occluder_prob: float = 0.25
+    val_scenes: int = 256
+    every: int = 250  # steps between validation reports
+    seed: int = 0
+
+
+@dataclass
+class Scene:
+    """One rendered still: frame uint8 (S, S, 3); masks bool (N, S, S) of its labelled objects;
+    labels {attribute: long (N,)} indices into ATTRIBUTES."""
+
+    frame: np.ndarray
+    masks: np.ndarray
+    labels: dict[str, torch.Tensor]
+
+
+def random_scene(rng: np.random.Generator, size: int, cfg: PretrainConfig) -> Scene:
+    """A still of one to ``max_objects`` random objects at random places, back to front."""
+    looks = [random_look(rng, size) for _ in range(int(rng.integers(1, cfg.max_objects + 1)))]
+    centres = np.stack([rng.uniform(look.radius, size - look.radius, size=2) for look in looks])
+    occluder = make_occluder(rng, size) if rng.random() < cfg.occluder_prob else None
+    order = [int(k) for k in rng.permutation(len(looks))]
+    frames, ids = render_clip(make_background(rng, size), looks, centres[:, None], order, occluder)
+    masks = ids[0][None] == np.arange(len(looks))[:, None, None]  # (N, S, S)
+    # Only objects seen well enough to tell their shape: a cross cut by a bar is no longer a cross.
+    keep = [k for k, look in enumerate(looks) if masks[k].sum() >= cfg.min_visible * _area(look)]
+    labels = {
+        name: torch.tensor([words.index(getattr(looks[k], name)) for k in keep], dtype=torch.long)
+        for name, words in ATTRIBUTES.items()
+    }
+    return Scene(frames[0], masks[keep], labels)
+
+
+def _area(look) -> float:
+    """The object's full area in pixels (its shape on a grid around the origin)."""
+    r = look.radius
+    d = np.arange(-int(np.ceil(1.3 * r)), int(np.ceil(1.3 * r)) + 1, dtype=np.float64)
+    return float(shape_mask(look.shape, d[None, :], d[:, None], r).sum())
+
+
+class AttributeHeads(nn.Module):
+    """One linear classifier per attribute over a pooled token: (N, D) -> {attribute: (N, C)}."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.heads = nn.ModuleDict({name: nn.Linear(dim, len(words)) for name, words in ATTRIBUTES.items()})
+
+    def forward(self, pooled: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {name: head(pooled) for name, head in self.heads.items()}
+
+
+def pooled_objects(model: ReviosaModel, scenes: list[Scene]) -> torch.Tensor:
+    """Each labelled object's vision tokens (projector outputs), mean-weighted by the fraction of
+    each grid cell it covers: float (sum N, D), scene-major."""
+    pixels = model.processor.mllm_pixels(np.stack([s.frame for s in scenes]))
+    feats = model.mllm.model.get_image_features(
+        pixels.to(model.device, model.dtype),
+        vision_feature_layer=model.mllm.config.vision_feature_layer,
+        vision_feature_select_strategy=model.mllm.config.vision_feature_select_strategy,
+    ).pooler_output  # (B, g*g, D)
+    g = model.config.grid
+    rows = []
+    for scene, tokens in zip(scenes, feats, strict=True):
+        if len(scene.masks):
+            cover = coverage(scene.masks, g).flatten(1).to(tokens)  # (N, g*g)
+            rows.append(cover @ tokens / cover.sum(1, keepdim=True).clamp_min(1e-6))
+    return torch.cat(rows) if rows else feats.new_zeros(0, feats.shape[-1])
+
+
+def attribute_loss(heads: AttributeHeads, pooled: torch.Tensor, scenes: list[Scene]) -> torch.Tensor:
+    """Sum over attributes of the mean cross-entropy of the objects' labels (a scalar)."""
+    logits = heads(pooled)
+    return sum(
+        F.cross_entropy(logits[name], torch.cat([s.labels[name] for s in scenes]).to(pooled.device))
+        for name in ATTRIBUTES
+    )
+
+
+@torch.no_grad()
+def accuracy(model: ReviosaModel, heads: AttributeHeads, scenes: list[Scene], batch: int) -> dict[str, float]:
+    """Per attribute, the fraction of the scenes' objects its head reads right."""
+    right = dict.fromkeys(ATTRIBUTES, 0)
+    total = 0
+    for i in range(0, len(scenes), batch):
+        chunk = scenes[i : i + batch]
+        logits = heads(pooled_objects(model, chunk))
+        for name in ATTRIBUTES:
+            truth = torch.cat([s.labels[name] for s in chunk])
+            right[name] += int((logits[name].argmax(1).cpu() == truth).sum())
+        total += sum(len(s.masks) for s in chunk)
+    return {name: right[name] / max(total, 1) for name in ATTRIBUTES}
+
+
+def vision_parts(model: ReviosaModel) -> dict[str, nn.Module]:
+    return {name: getattr(model.mllm.model, name) for name in PARTS}
+
+
+def pretrain(model: ReviosaModel, cfg: PretrainConfig, report=print) -> list[dict]:
+    """Train the vision tower and the projector in place on fresh scenes; validation records
+    ({"step", "loss", attribute: accuracy}) every ``cfg.every`` steps and at the end."""
+    torch.manual_seed(cfg.seed)
+    size = model.config.vision.image_size
+    val_rng = np.random.default_rng([cfg.seed, 1])
+    val = [random_scene(val_rng, size, cfg) for _ in range(cfg.val_scenes)]
+    rng = np.random.default_rng([cfg.seed, 0])
+    heads = AttributeHeads(model.config.text.hidden_size).to(model.device)
+    params = [p for part in vision_parts(model).values() for p in part.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW([*params, *heads.parameters()], lr=cfg.lr, weight_decay=0.0)
+    warmup = max(1, cfg.steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + np.cos(np.pi * s / cfg.steps))
+    )
+    model.eval()  # no dropout; the parts still train
+    records, losses, start = [], [], time.perf_counter()
+    for step in range(1, cfg.steps + 1):
+        scenes = [random_scene(rng, size, cfg) for _ in range(cfg.batch)]
+        loss = attribute_loss(heads, pooled_objects(model, scenes), scenes)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        if step % cfg.every == 0 or step == cfg.steps:
+            record = {
+                "step": step,
+                "loss": sum(losses) / len(losses),
+                **accuracy(model, heads, val, cfg.batch),
+            }
+            record["seconds"] = time.perf_counter() - start
+            records.append(record)
+            report(
+                " ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items())
+            )
+            losses = []
+    for p in params:
+        p.requires_grad_(False)
+    return records
+
+
+def save_vision(model: ReviosaModel, path: Path) -> None:
+    tensors = {
+        f"{name}.{key}": value.detach().contiguous()
+        for name, part in vision_parts(model).items()
+        for key, value in part.state_dict().items()
+    }
+    save_file(tensors, str(path))
+
+
+def load_vision(model: ReviosaModel, path: str | Path) -> None:
+    """Load a ``pretrain_vision`` file into the model's vision tower and projector, strictly: every
+    tensor of both parts, nothing else, with the same shapes."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"model.vision_init: no file {path} (write one with python -m train.pretrain_vision)"
+        )
+    tensors = load_file(str(path))
+    for name, part in vision_parts(model).items():
+        prefix = f"{name}."
+        own = {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
+        try:
+            part.load_state_dict(own, strict=True)
+        except RuntimeError as err:
+            raise ValueError(
+                f"{path} does not fit this model's {name} (pretrain it with the same model config): {err}"
+            ) from err
+    stray = [k for k in tensors if not k.startswith(tuple(f"{n}." for n in PARTS))]
+    if stray:
+        raise ValueError(f"{path} holds tensors outside the vision tower and projector: {stray[:3]}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m train.pretrain_vision", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--config", required=True, help="training config of a from-scratch model")
+    parser.add_argument("--out", required=True, help="folder for vision.safetensors and vision.json")
+    defaults = PretrainConfig()
+    for field_name in ("steps", "batch", "lr", "val_scenes", "every", "seed"):
+        value = getattr(defaults, field_name)
+        parser.add_argument(f"--{field_name.replace('_', '-')}", type=type(value), default=value)
+    args = parser.parse_args(argv)
+    train_cfg = load_config(args.config, [])
+    if train_cfg.model.kind != "scratch":
+        raise SystemExit("pretrain_vision builds the config's from-scratch model (model.kind: scratch)")
+    cfg = PretrainConfig(
+        **{k: getattr(args, k) for k in ("steps", "batch", "lr", "val_scenes", "every", "seed")}
+    )
+    torch.manual_seed(cfg.seed)
+    # The tokenizer is never used here; the model needs one to be built.
+    model = ReviosaModel(model_config(train_cfg), build_tokenizer())
+    records = pretrain(model, cfg)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_vision(model, out / WEIGHTS)
+    (out / REPORT).write_text(json.dumps({"config": asdict(cfg), "records": records}, indent=2) + "\n")
+    print(f"wrote {out / WEIGHTS}")
+
+
+if __name__ == "__main__":
+    main()
