@@ -122,16 +122,10 @@ class TrainStep(nn.Module):
                 model, inputs=bool(self.loss_cfg.words), last=bool(self.loss_cfg.grounding)
             ) as hidden,
         ):
-            # Pixels per clip, encoded once for all of the clip's expressions (clip_index).
-            out = model.forward_train(
-                batch.input_ids,
-                batch.attention_mask,
-                batch.labels,
-                batch.mllm_pixels,
-                batch.sam_pixels,
+            out = forward_batch(
+                model,
+                batch,
                 capture=capture,
-                clip_index=batch.clip_of,
-                decode_absent=False,  # no loss reads an absent role's masks (e.g. no [SEG_TAR])
                 example_masks=batch.masks if self._needs_examples else None,
                 example_grad=self.loss_cfg.example_grad,
             )
@@ -152,6 +146,21 @@ class TrainStep(nn.Module):
     def _needs_examples(self) -> bool:
         cfg = self.loss_cfg
         return bool(cfg.example or cfg.distill or cfg.contrast)
+
+
+def forward_batch(model: ReviosaModel, batch: Batch, **kwargs) -> TrainOutput:
+    """``model.forward_train`` on a collated batch: pixels encoded once per clip (``clip_index``),
+    absent roles not decoded (no loss reads their masks, e.g. no ``[SEG_TAR]``)."""
+    return model.forward_train(
+        batch.input_ids,
+        batch.attention_mask,
+        batch.labels,
+        batch.mllm_pixels,
+        batch.sam_pixels,
+        clip_index=batch.clip_of,
+        decode_absent=False,
+        **kwargs,
+    )
 
 
 @contextlib.contextmanager

@@ -41,7 +41,7 @@ from reviosa.hub import from_pretrained
 from reviosa.results import load
 from train.config import load_config
 from train.data import ClipDataset, collate
-from train.objective import language_io, vision_token_states
+from train.objective import forward_batch, language_io, vision_token_states
 
 DEFAULT_GROUPS = {"colour": tuple(COLOURS), "shape": SHAPES}
 
@@ -69,16 +69,7 @@ def referent_features(model, clips: ClipDataset, count: int) -> list[tuple[str, 
     with torch.no_grad(), language_io(model, inputs=True, last=True) as holder:
         for c in range(min(count, len(clips))):
             batch = collate([clips[(0, c)]], model.processor.ids.pad)
-            out = model.forward_train(
-                batch.input_ids,
-                batch.attention_mask,
-                batch.labels,
-                batch.mllm_pixels,
-                batch.sam_pixels,
-                clip_index=batch.clip_of,
-                decode_absent=False,
-                example_masks=batch.masks,
-            )
+            out = forward_batch(model, batch, example_masks=batch.masks)
             # The vision tokens come before the expression, so every row holds the same states.
             first = vision_token_states(holder["first"][:1], batch.input_ids[:1], model)[0]  # (K, g, g, D)
             last = vision_token_states(holder["last"][:1], batch.input_ids[:1], model)[0]
