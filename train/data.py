@@ -95,6 +95,13 @@ def grid_masks(masks: np.ndarray, grid: int) -> torch.Tensor:
     return F.interpolate(x, size=(grid, grid), mode="nearest").reshape(*lead, grid, grid)
 
 
+def coverage(masks: np.ndarray, grid: int) -> torch.Tensor:
+    """bool (K, H, W) -> float (K, g, g): the fraction of each grid cell the mask covers (area
+    pooling, so the cells on an object's outline count)."""
+    x = torch.from_numpy(masks.astype(np.float32))[:, None]
+    return F.interpolate(x, size=(grid, grid), mode="area")[:, 0]
+
+
 class Splits:
     """Several splits read as one training set (e.g. InterRVOS-127K with MeViS): the interface of
     ``InterRVOSDataset`` that training reads."""

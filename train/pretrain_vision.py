@@ -35,6 +35,7 @@ from reviosa.data.synth_render import (
     SHAPES,
     SIZES,
     TEXTURES,
+    Appearance,
     make_background,
     make_occluder,
     render_clip,
@@ -43,8 +44,8 @@ from reviosa.data.synth_render import (
 from reviosa.modeling import ReviosaModel
 from reviosa.tokenizer import build_tokenizer
 from train.config import load_config
+from train.data import coverage
 from train.model import model_config
-from train.probe_words import coverage
 
 ATTRIBUTES: dict[str, tuple[str, ...]] = {
     "colour": tuple(COLOURS),
@@ -54,6 +55,7 @@ ATTRIBUTES: dict[str, tuple[str, ...]] = {
 }
 PARTS = ("vision_tower", "multi_modal_projector")  # submodules of mllm.model that the file holds
 WEIGHTS, REPORT = "vision.safetensors", "vision.json"
+CLI_FIELDS = ("steps", "batch", "lr", "val_scenes", "every", "seed")  # of PretrainConfig
 
 
 @dataclass
@@ -96,7 +98,7 @@ def random_scene(rng: np.random.Generator, size: int, cfg: PretrainConfig) -> Sc
     return Scene(frames[0], masks[keep], labels)
 
 
-def _area(look) -> float:
+def _area(look: Appearance) -> float:
     """The object's full area in pixels (its shape on a grid around the origin)."""
     r = look.radius
     d = np.arange(-int(np.ceil(1.3 * r)), int(np.ceil(1.3 * r)) + 1, dtype=np.float64)
@@ -170,6 +172,7 @@ def pretrain(model: ReviosaModel, cfg: PretrainConfig, report=print) -> list[dic
     rng = np.random.default_rng([cfg.seed, 0])
     heads = AttributeHeads(model.config.text.hidden_size).to(model.device)
     params = [p for part in vision_parts(model).values() for p in part.parameters()]
+    flags = [p.requires_grad for p in params]
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.AdamW([*params, *heads.parameters()], lr=cfg.lr, weight_decay=0.0)
@@ -199,8 +202,8 @@ def pretrain(model: ReviosaModel, cfg: PretrainConfig, report=print) -> list[dic
                 " ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items())
             )
             losses = []
-    for p in params:
-        p.requires_grad_(False)
+    for p, flag in zip(params, flags, strict=True):
+        p.requires_grad_(flag)
     return records
 
 
@@ -243,16 +246,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", required=True, help="training config of a from-scratch model")
     parser.add_argument("--out", required=True, help="folder for vision.safetensors and vision.json")
     defaults = PretrainConfig()
-    for field_name in ("steps", "batch", "lr", "val_scenes", "every", "seed"):
+    for field_name in CLI_FIELDS:
         value = getattr(defaults, field_name)
         parser.add_argument(f"--{field_name.replace('_', '-')}", type=type(value), default=value)
     args = parser.parse_args(argv)
     train_cfg = load_config(args.config, [])
     if train_cfg.model.kind != "scratch":
         raise SystemExit("pretrain_vision builds the config's from-scratch model (model.kind: scratch)")
-    cfg = PretrainConfig(
-        **{k: getattr(args, k) for k in ("steps", "batch", "lr", "val_scenes", "every", "seed")}
-    )
+    cfg = PretrainConfig(**{k: getattr(args, k) for k in CLI_FIELDS})
     torch.manual_seed(cfg.seed)
     # The tokenizer is never used here; the model needs one to be built.
     model = ReviosaModel(model_config(train_cfg), build_tokenizer())

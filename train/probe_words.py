@@ -30,7 +30,6 @@ import argparse
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -40,7 +39,7 @@ from reviosa.evaluation import evaluate_results
 from reviosa.hub import from_pretrained
 from reviosa.results import load
 from train.config import load_config
-from train.data import ClipDataset, collate
+from train.data import ClipDataset, collate, coverage
 from train.objective import forward_batch, language_io, vision_token_states
 
 DEFAULT_GROUPS = {"colour": tuple(COLOURS), "shape": SHAPES}
@@ -133,12 +132,6 @@ def probe_groups(train_rows, val_rows, groups: dict[str, tuple[str, ...]]) -> di
             entry[site] = fit_probe(x, y, x_val, y_val, len(words))
         out[name] = entry
     return out
-
-
-def coverage(masks: np.ndarray, grid: int) -> torch.Tensor:
-    """bool (K, H, W) -> float (K, g, g): the fraction of each grid cell the mask covers."""
-    x = torch.from_numpy(masks.astype(np.float32))[:, None]
-    return F.interpolate(x, size=(grid, grid), mode="area")[:, 0]
 
 
 def tower_examples(model, clips: ClipDataset, count: int, words: tuple[str, ...]) -> list:
