@@ -120,6 +120,8 @@ def run(args: argparse.Namespace) -> dict:
     from viz.overlay import overlay_frame
     from viz.video import write_mp4
 
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is visible to torch (use --device cpu, or auto)")
     cuda = torch.cuda.is_available() and args.device != "cpu"
     device = torch.device("cuda" if cuda else "cpu")
     geometry = args.geometry or ("1b" if cuda else "tiny")
@@ -211,7 +213,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seconds", type=float, help="clip length (default: 10 on CUDA, 2 on CPU)")
     parser.add_argument("--size", default="854x480", help="WxH of the clip")
     parser.add_argument("--dtype", choices=("bf16", "fp32"), help="default: bf16 on CUDA, fp32 on CPU")
-    parser.add_argument("--device", choices=("auto", "cpu"), default="auto")
+    parser.add_argument(
+        "--device", choices=("auto", "cuda", "cpu"), default="auto", help="auto: CUDA if present"
+    )
     parser.add_argument("--json", help="also save the figures here")
     return run(parser.parse_args(argv))
 
