@@ -129,3 +129,19 @@ def test_torchrun_evaluate_saves_the_scores_of_one_process(world_dir, single, tm
     assert scores["counts"]["expressions"] == sum(KEEP.values()) and scores["rvos"]["count"] > 0
     # Rank 0 alone prints: one table, the same as one process's.
     assert second.stdout.count("InterRVOS-Actor") == first.stdout.count("InterRVOS-Actor")
+
+
+def test_one_video_under_torchrun_and_unseen_parts_are_refused_clearly(monkeypatch, tmp_path, capsys):
+    from reviosa.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    assert main(["predict", str(tmp_path / "clip.mp4"), "a dog"]) == 2
+    assert "run one video in one process" in capsys.readouterr().err
+    # Rank 1 wrote its part on a disk rank 0 does not see: no merge, and the message says why.
+    out = tmp_path / "results.json"
+    part = distributed.part_path(out, World(rank=0, size=2))
+    part.parent.mkdir()
+    part.write_text('{"videos": {}}')
+    with pytest.raises(FileNotFoundError, match="rank-1-of-2.json.*filesystem every node shares"):
+        distributed.collect_parts(out, World(rank=0, size=2), lambda p: json.loads(p.read_text()))

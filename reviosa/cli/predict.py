@@ -39,15 +39,33 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("give either VIDEO and EXPRESSION, or --dataset DIR")
     if args.video and not args.expression:
         raise ValueError('give the expression after the video, e.g. predict clip.mp4 "person walking a dog"')
-    from reviosa import distributed
-
-    device = distributed.device_for(args.device, distributed.world_from_env())
-    if device.startswith("cuda:"):
-        torch.cuda.set_device(device)  # libraries that allocate on "the current device" use this rank's GPU
+    device = _rank_device(args)
     model = from_pretrained(args.model, device=device, dtype=getattr(torch, args.dtype))
     if args.dataset:
         return _predict_dataset(model, args)
     return _predict_video(model, args)
+
+
+def _rank_device(args) -> str:
+    """This process's device: under torchrun a bare ``cuda`` is ``cuda:LOCAL_RANK``."""
+    import torch
+
+    from reviosa import distributed
+
+    world = distributed.world_from_env()
+    if world.distributed and not args.dataset:
+        raise ValueError(
+            "torchrun shares the videos of --dataset among processes; run one video in one process"
+        )
+    device = distributed.device_for(args.device, world)
+    if device.startswith("cuda:"):
+        if int(device.split(":")[1]) >= torch.cuda.device_count():
+            raise ValueError(
+                f"{device} does not exist here ({torch.cuda.device_count()} GPU(s) visible): "
+                "start at most that many processes per node, or pass --device cuda:N"
+            )
+        torch.cuda.set_device(device)  # libraries that allocate on "the current device" use this rank's GPU
+    return device
 
 
 def _keyframe_options(args) -> dict:
