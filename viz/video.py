@@ -196,6 +196,9 @@ def _open_stream(container, rate: Fraction, shape: tuple[int, ...], crf: int, pr
     stream = container.add_stream("libx264", rate=rate, options={"crf": str(crf), "preset": preset})
     stream.height, stream.width = shape[:2]
     stream.pix_fmt = "yuv420p"
+    # Frame threads, as the ffmpeg command line uses for libx264 (PyAV's default is slice threads,
+    # which split each frame and wait for it: less throughput, fewer threads to share the cores).
+    stream.codec_context.thread_type = "FRAME"
     return stream
 
 
