@@ -201,27 +201,52 @@ def _blend_table(alpha: float) -> np.ndarray:
     return table
 
 
-def _label_map(actor: np.ndarray | None, target: np.ndarray | None, offset, full_size) -> np.ndarray:
-    """uint8 (h, w) codes: fills, overlap stripes, then contours on top (target's over actor's)."""
+@lru_cache(maxsize=8)
+def _code_table(alpha: float) -> np.ndarray:
+    """``_blend_table`` indexed by pixel code instead of label: uint8 (32 * 3 * 256,)."""
+    table = np.ascontiguousarray(_blend_table(alpha).reshape(-1, 768)[_LABEL_OF_CODE].reshape(-1))
+    table.setflags(write=False)
+    return table
+
+
+# Bits of the per-pixel code that ``_pixel_codes`` builds; ``_LABEL_OF_CODE`` resolves them to a label.
+_A, _T, _STRIPE, _A_EDGE, _T_EDGE = 1, 2, 4, 8, 16
+
+
+def _label_of(code: int) -> int:
+    """Fills, overlap stripes, then contours on top (the target's over the actor's)."""
+    if code & _T_EDGE:
+        return _TARGET_EDGE
+    if code & _A_EDGE:
+        return _ACTOR_EDGE
+    if code & _A and code & _T:
+        return _ACTOR_FILL if code & _STRIPE else _TARGET_FILL
+    return _ACTOR_FILL if code & _A else _TARGET_FILL if code & _T else _NONE
+
+
+_LABEL_OF_CODE = np.array([_label_of(code) for code in range(32)], dtype=np.uint8)
+
+
+def _pixel_codes(actor: np.ndarray | None, target: np.ndarray | None, offset, full_size) -> np.ndarray:
+    """uint8 (h, w): OR of the bits above; a few uint8 passes instead of masked assignments."""
     shape = (actor if actor is not None else target).shape
-    labels = np.zeros(shape, dtype=np.uint8)
-    if actor is not None:
-        labels[actor] = _ACTOR_FILL
-    if target is not None:
-        labels[target] = _TARGET_FILL
-    if actor is not None and target is not None:
-        both = actor & target
-        if both.any():
-            stripes = _frame_stripes(*full_size, _stripe_period(*full_size))
-            both &= stripes[offset[0] : offset[0] + shape[0], offset[1] : offset[1] + shape[1]]
-            labels[both] = _ACTOR_FILL
+    code = np.zeros(shape, dtype=np.uint8)
     width = contour_width(*full_size)
     # The crop holds the masks' whole bounding box, so its edge is background, as the frame edge is.
-    if actor is not None:
-        labels[mask_contour(actor, width)] = _ACTOR_EDGE
-    if target is not None:
-        labels[mask_contour(target, width)] = _TARGET_EDGE
-    return labels
+    for mask, fill, edge in ((actor, _A, _A_EDGE), (target, _T, _T_EDGE)):
+        if mask is not None:
+            code |= mask.view(np.uint8) * np.uint8(fill)
+            code |= mask_contour(mask, width).view(np.uint8) * np.uint8(edge)
+    if actor is not None and target is not None:
+        stripes = _frame_stripes(*full_size, _stripe_period(*full_size))
+        stripes = stripes[offset[0] : offset[0] + shape[0], offset[1] : offset[1] + shape[1]]
+        code |= stripes.view(np.uint8) * np.uint8(_STRIPE)  # only read where both fills are set
+    return code
+
+
+def _label_map(actor: np.ndarray | None, target: np.ndarray | None, offset, full_size) -> np.ndarray:
+    """uint8 (h, w) label codes (``_NONE`` ... ``_TARGET_EDGE``) of the crop."""
+    return _LABEL_OF_CODE[_pixel_codes(actor, target, offset, full_size)]
 
 
 def overlay_frame(
@@ -268,15 +293,15 @@ def overlay_frame(
         return result
 
     crop = [None if m is None else m[region] for m in (actor, target)]
-    labels = _label_map(*crop, (region[0].start, region[1].start), size)
-    if labels.any():
-        # Fills and contours: one lookup per channel value, out = table[label, channel, value]
-        # (``_blend_table``: the float32 blend, rounded, for every input value).
+    codes = _pixel_codes(*crop, (region[0].start, region[1].start), size)
+    if codes.any():
+        # Fills and contours: one lookup per channel value, out = table[code, channel, value]
+        # (``_code_table``: the float32 blend, rounded, for every input value).
         index = frame[region].astype(np.uint16)  # (h, w, 3)
-        code = labels.astype(np.uint16) * 768
+        code = codes.astype(np.uint16) * 768
         for channel in range(3):  # per channel: broadcasting a (h, w, 1) code over 3 is 2x slower
             index[..., channel] += code + 256 * channel
-        result[region] = np.take(_blend_table(float(alpha)), index)
+        result[region] = np.take(_code_table(float(alpha)), index)
     if box is not None:
         # The legend goes over the blended fills: redo its small box in float32, in the one order
         # (fill blend, legend blend, rounding) that the table's values come from.
@@ -287,7 +312,7 @@ def overlay_frame(
         )
         out = frame[rows, cols].astype(np.float32)
         colors, alphas = _fill_colors(float(alpha))
-        code = labels[local]
+        code = _LABEL_OF_CODE[codes[local]]
         out *= (1.0 - alphas)[code][..., None]
         out += (colors * alphas[:, None])[code]
         out *= 1.0 - a
