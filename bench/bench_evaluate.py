@@ -14,8 +14,9 @@ prediction pair scored; the pairs are those ``evaluate_results`` scores):
 - ``python -m reviosa evaluate --workers 1`` wall time (process start, JSON loading included).
 
 It also checks that every expression's J and F equal the DAVIS code's (max |difference| printed).
-Timings are the minimum over ``--repeat`` runs; CPU-second figures (this process only) are given
-beside them as they vary less when other jobs share the machine.
+Each round runs every measurement once (the load of a shared machine drifts, and each figure should
+see the same drift); timings are the fastest of ``--repeat`` rounds. CPU-second figures (this
+process only) are given beside them as they vary less when other jobs share the machine.
 
     OMP_NUM_THREADS=1 .venv/bin/python -m bench.bench_evaluate [--videos 6] [--frames 50] [--strays 80]
 """
@@ -192,53 +193,47 @@ class Clock:
         self.cpu += time.process_time() - self._start[1]
 
 
-def in_process(dataset, results, repeat: int) -> dict:
+def in_process(dataset, results) -> dict:
     """J + F on decoded masks, ours vs DAVIS, track by track (interleaved); plus pycocotools decoding."""
-    best = None
-    want = {}
-    for _ in range(repeat):
-        clocks = {name: Clock() for name in ("ours", "davis", "decode")}
-        frames = 0
-        for key, bench, gt_tracks, pred_track in _pairs(dataset, results):
-            pred_tracks = [pred_track if pred_track is not None else [None] * len(gt_tracks[0])]
-            with clocks["decode"]:
-                gt = _coco_decode_track(gt_tracks, (HEIGHT, WIDTH))
-                pred = _coco_decode_track(pred_tracks, (HEIGHT, WIDTH))
-            with clocks["davis"]:
-                j, f = davis_iou(gt, pred), davis_boundary(gt, pred)
-            radius = boundary_radius(HEIGHT, WIDTH)
-            with clocks["ours"]:
-                ours = np.array([frame_scores(g, p, radius) for g, p in zip(gt, pred, strict=True)])
-            if not (np.array_equal(ours[:, 0], j) and np.array_equal(ours[:, 1], f)):
-                raise AssertionError(f"{key} {bench}: per-frame J / F differ from the DAVIS code's")
-            want[key, bench] = (float(j.mean()), float(f.mean()))
-            frames += len(gt)
-        if best is None or clocks["ours"].wall + clocks["davis"].wall < best[0]:
-            best = clocks["ours"].wall + clocks["davis"].wall, clocks, frames
-    _, clocks, frames = best
+    clocks = {name: Clock() for name in ("ours", "davis", "decode")}
+    frames, want = 0, {}
+    radius = boundary_radius(HEIGHT, WIDTH)
+    for key, bench, gt_tracks, pred_track in _pairs(dataset, results):
+        pred_tracks = [pred_track if pred_track is not None else [None] * len(gt_tracks[0])]
+        with clocks["decode"]:
+            gt = _coco_decode_track(gt_tracks, (HEIGHT, WIDTH))
+            pred = _coco_decode_track(pred_tracks, (HEIGHT, WIDTH))
+        with clocks["davis"]:
+            j, f = davis_iou(gt, pred), davis_boundary(gt, pred)
+        with clocks["ours"]:
+            ours = np.array([frame_scores(g, p, radius) for g, p in zip(gt, pred, strict=True)])
+        if not (np.array_equal(ours[:, 0], j) and np.array_equal(ours[:, 1], f)):
+            raise AssertionError(f"{key} {bench}: per-frame J / F differ from the DAVIS code's")
+        want[key, bench] = (float(j.mean()), float(f.mean()))
+        frames += len(gt)
     return {"clocks": clocks, "frames": frames, "want": want}
 
 
-def end_to_end(dataset, results, repeat: int) -> tuple[Clock, object]:
-    best, scores = None, None
-    for _ in range(repeat):
-        clock = Clock()
-        with clock:
-            scores = evaluate_results(dataset, results, workers=1)
-        best = clock if best is None or clock.wall < best.wall else best
-    return best, scores
+def end_to_end(dataset, results) -> tuple[Clock, object]:
+    clock = Clock()
+    with clock:
+        scores = evaluate_results(dataset, results, workers=1)
+    return clock, scores
 
 
-def cli_wall(root: Path, pred: Path, repeat: int) -> float:
+def cli_wall(root: Path, pred: Path) -> float:
     command = [sys.executable, "-m", "reviosa", "evaluate", "--gt", str(root), "--pred", str(pred)]
     command += ["--workers", "1"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        subprocess.run(command, check=True, capture_output=True, env=env, cwd=ROOT)
-        times.append(time.perf_counter() - start)
-    return min(times)
+    start = time.perf_counter()
+    subprocess.run(command, check=True, capture_output=True, env=env, cwd=ROOT)
+    return time.perf_counter() - start
+
+
+def _fastest(runs: list[Clock]) -> Clock:
+    best = Clock()
+    best.wall, best.cpu = min(r.wall for r in runs), min(r.cpu for r in runs)
+    return best
 
 
 def _max_difference(scores, want: dict) -> float:
@@ -274,34 +269,45 @@ def main(argv: list[str] | None = None) -> dict:
             (f"{args.strays} scattered false positives", args.strays),
         ):
             results = _results(dataset, strays)
-            inproc = in_process(dataset, results, args.repeat)
-            frames, c = inproc["frames"], inproc["clocks"]
-            e2e, scores = end_to_end(dataset, results, args.repeat)
+            pred = Path(tmp) / "results.json"
+            pred.write_text(json.dumps(results))
+            # Every measurement once per round, rounds repeated, fastest of each kept: the machine's
+            # load drifts, and each figure should see the same drift.
+            runs: dict[str, list] = {"ours": [], "davis": [], "decode": [], "e2e": [], "cli": []}
+            for _ in range(args.repeat):
+                inproc = in_process(dataset, results)
+                for name in ("ours", "davis", "decode"):
+                    runs[name].append(inproc["clocks"][name])
+                e2e_clock, scores = end_to_end(dataset, results)
+                runs["e2e"].append(e2e_clock)
+                if not args.no_cli:
+                    runs["cli"].append(cli_wall(Path(tmp), pred))
+            frames = inproc["frames"]
+            c = {name: _fastest(runs[name]) for name in ("ours", "davis", "decode", "e2e")}
             diff = _max_difference(scores, inproc["want"])
             ratio = c["davis"].wall / c["ours"].wall
             ratio_cpu = c["davis"].cpu / c["ours"].cpu
-            e2e_ratio = c["davis"].wall / e2e.wall
-            e2e_ratio_decode = (c["davis"].wall + c["decode"].wall) / e2e.wall
+            e2e_ratio = c["davis"].wall / c["e2e"].wall
+            e2e_ratio_decode = (c["davis"].wall + c["decode"].wall) / c["e2e"].wall
             print(f"\n{kind} ({frames} frames scored; max |J, F - DAVIS| per expression {diff:.1e})")
             print(
                 f"  J + F in process:  ours {frames / c['ours'].wall:7.0f} fps, DAVIS {frames / c['davis'].wall:6.0f} fps"
                 f"  -> {ratio:.2f}x (CPU time {ratio_cpu:.2f}x)"
             )
             print(
-                f"  evaluate_results, RLE decode included, 1 worker: {frames / e2e.wall:6.0f} fps -> {e2e_ratio:.2f}x "
-                f"DAVIS (CPU {c['davis'].cpu / e2e.cpu:.2f}x); {e2e_ratio_decode:.2f}x DAVIS + pycocotools decode"
+                f"  evaluate_results, RLE decode included, 1 worker: {frames / c['e2e'].wall:6.0f} fps -> "
+                f"{e2e_ratio:.2f}x DAVIS (CPU {c['davis'].cpu / c['e2e'].cpu:.2f}x); "
+                f"{e2e_ratio_decode:.2f}x DAVIS + pycocotools decode"
             )
             entry = {"frames": frames, "in_process": ratio, "end_to_end": e2e_ratio, "max_difference": diff}
             if not args.no_cli:
-                pred = Path(tmp) / "results.json"
-                pred.write_text(json.dumps(results))
-                wall = cli_wall(Path(tmp), pred, args.repeat)
+                wall = min(runs["cli"])
                 entry["cli"] = c["davis"].wall / wall
                 print(
                     f"  python -m reviosa evaluate --workers 1: {wall:.2f} s wall, {frames / wall:6.0f} fps "
                     f"-> {entry['cli']:.2f}x DAVIS (process start and JSON loading included)"
                 )
-            report[kind.split()[0] if strays == 0 else "scattered"] = entry
+            report["compact" if strays == 0 else "scattered"] = entry
     return report
 
 

@@ -133,8 +133,8 @@ def _count_matched(points: np.ndarray, others: np.ndarray, stride: int, radius: 
     Both are sorted int64 keys y * stride + x, with ``stride`` >= width + 2 * radius so that a row
     window [x - h, x + h] never reaches into a neighbouring row. The disk is 2r + 1 such windows, of
     half-width floor(sqrt(r^2 - dy^2)) at row offset dy; each window is one binary search of the
-    sorted ``others``. The widest window (dy = 0) goes first, on every point; the other rows are
-    searched in one batch for the points it left unmatched.
+    sorted ``others``. The widest window (dy = 0) goes first, on every point; the other rows follow
+    in batches by distance, each for the points still unmatched.
     """
     if points.size == 0 or others.size == 0:
         return 0
@@ -143,12 +143,17 @@ def _count_matched(points: np.ndarray, others: np.ndarray, stride: int, radius: 
     left = low[others[np.searchsorted(others, low)] > points + radius] + radius
     if left.size == 0 or radius == 0:
         return points.size - left.size
-    dy = np.array([d for d in range(-radius, radius + 1) if d != 0])
-    half = np.array([math.isqrt(radius * radius - int(d) * int(d)) for d in dy])
-    # (2r, K) window starts: increasing along each row, which numpy's binary search takes advantage of
-    low = (dy * stride - half)[:, None] + left[None, :]
-    hit = others[np.searchsorted(others, low.ravel())].reshape(low.shape) <= low + 2 * half[:, None]
-    return points.size - left.size + int(np.count_nonzero(hit.any(axis=0)))
+    # Then the other rows in three batches, nearest first, each on the points still unmatched.
+    for near, far in ((1, 2), (3, 4), (5, radius)):
+        if near > radius or left.size == 0:
+            break
+        dy = np.array([d for d in range(near, min(far, radius) + 1) for d in (d, -d)])
+        half = np.array([math.isqrt(radius * radius - int(d) * int(d)) for d in dy])
+        # (rows, K) window starts: increasing along each row, which numpy's binary search exploits
+        low = (dy * stride - half)[:, None] + left[None, :]
+        hit = others[np.searchsorted(others, low.ravel())].reshape(low.shape) <= low + 2 * half[:, None]
+        left = left[~hit.any(axis=0)]
+    return points.size - left.size
 
 
 def frame_scores(gt: np.ndarray, pred: np.ndarray, radius: int) -> tuple[float, float]:
