@@ -103,11 +103,11 @@ def write_mp4(
                 encoder = _EncoderThread(container, stream)
             elif frame.shape != first_shape:
                 raise ValueError(f"frame {count} has shape {frame.shape}, the first frame {first_shape}")
-            # from_ndarray copies the pixels (the caller may reuse its array once this returns); the
-            # conversion to the encoder's yuv420p happens here too, so that it overlaps the encoding
-            # of earlier frames instead of running before each one in the encoder thread.
-            rgb = av.VideoFrame.from_ndarray(np.ascontiguousarray(_pad_even(frame)), format="rgb24")
-            encoder.put(rgb.reformat(format="yuv420p"))
+            # from_ndarray copies the pixels: the caller may reuse its array once this returns. The
+            # conversion to yuv420p is left to the encoder thread (x264's frame threads return from
+            # each call at once, so that thread has the time), keeping this thread's work per frame
+            # to the caller's own.
+            encoder.put(av.VideoFrame.from_ndarray(np.ascontiguousarray(_pad_even(frame)), format="rgb24"))
             count += 1
         if encoder is None:
             raise ValueError("no frames to encode")
