@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
+import os
+import threading
 import warnings
 import weakref
 import zipfile
@@ -257,6 +260,87 @@ def test_mp4_streams_frames_and_rejects_bad_input(tmp_path):
     assert not (tmp_path / "empty.mp4").exists()
     with pytest.raises(ValueError, match="shape"):
         video.write_mp4(tmp_path / "mixed.mp4", [_flat(16, 16), _flat(16, 18)], fps=5)
+
+
+def _encoder_threads() -> list:
+    return [t for t in threading.enumerate() if t.name == "write_mp4-encoder"]
+
+
+def _child_processes() -> list[int]:
+    """Live child processes of this one (from /proc: a leaked ffmpeg or worker would show here)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == os.getpid() and fields[0] != "Z":
+                children.append(int(stat.parent.name))
+    return children
+
+
+def test_mp4_frames_come_back_in_order_and_all_of_them(tmp_path):
+    # 40 frames (10x the encoder's queue), each a different grey: order and count survive the thread.
+    levels = [16 + 5 * i for i in range(40)]
+    frames = (np.full((32, 48, 3), level, np.uint8) for level in levels)
+    before = _child_processes()
+    back, _ = video.read_mp4(video.write_mp4(tmp_path / "order.mp4", frames, fps=10))
+    assert back.shape == (40, 32, 48, 3)
+    assert np.abs(back.mean(axis=(1, 2, 3)) - np.array(levels)).max() < 3
+    assert not _encoder_threads() and _child_processes() == before
+
+
+def test_mp4_encoder_error_reaches_the_caller(tmp_path, monkeypatch):
+    """An exception inside the encoder thread is raised by write_mp4, the file removed, the thread gone."""
+    real_open = video._open_stream
+
+    class Failing:
+        def __init__(self, stream):
+            self.stream, self.count = stream, 0
+
+        def encode(self, frame):
+            self.count += 1
+            if self.count == 3:
+                raise RuntimeError("encoder broke")
+            return self.stream.encode(frame)
+
+    monkeypatch.setattr(video, "_open_stream", lambda *a: Failing(real_open(*a)))
+    produced = []
+
+    def frames():
+        for i in range(200):
+            produced.append(i)
+            yield _flat(16, 16)
+
+    with pytest.raises(RuntimeError, match="encoder broke"):
+        video.write_mp4(tmp_path / "broken.mp4", frames(), fps=5)
+    assert not (tmp_path / "broken.mp4").exists()
+    assert not _encoder_threads()
+    assert len(produced) < 20  # the caller stopped soon after, not at the end of the frames
+
+
+def test_mp4_producer_error_stops_the_encoder(tmp_path):
+    def frames():
+        for i in range(10):
+            if i == 6:
+                raise KeyError("frame source failed")
+            yield _flat(16, 16)
+
+    with pytest.raises(KeyError, match="frame source failed"):
+        video.write_mp4(tmp_path / "partial.mp4", frames(), fps=5)
+    assert not (tmp_path / "partial.mp4").exists()
+    assert not _encoder_threads()
+
+
+def test_mp4_frame_reused_by_the_producer_is_encoded_as_it_was(tmp_path):
+    # A producer that refills one buffer: each frame must be taken when given, not when encoded.
+    buffer = np.zeros((16, 16, 3), np.uint8)
+
+    def frames():
+        for level in (40, 120, 200, 80, 160):
+            buffer[:] = level
+            yield buffer
+
+    back, _ = video.read_mp4(video.write_mp4(tmp_path / "reuse.mp4", frames(), fps=5))
+    assert np.abs(back.mean(axis=(1, 2, 3)) - [40, 120, 200, 80, 160]).max() < 3
 
 
 def _random_masks(seed: int, count: int = 3, size=(20, 30)) -> np.ndarray:

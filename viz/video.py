@@ -9,8 +9,11 @@ Axis letters: T frames, H/W pixels.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
+import queue
+import threading
 import zipfile
 from collections.abc import Iterable, Sequence
 from fractions import Fraction
@@ -66,6 +69,11 @@ def write_mp4(
 ) -> Path:
     """Encode RGB frames to an H.264 (libx264, yuv420p) mp4 at ``fps``, one frame at a time.
 
+    The encoder runs in a thread of its own (``_EncoderThread``; PyAV releases the GIL while x264
+    works), so producing the next frame (an overlay, say) overlaps encoding the previous ones, as it
+    would with a separate ffmpeg process. ``frames`` is consumed in the calling thread; at most
+    ``_QUEUED_FRAMES`` frames wait between the two.
+
     Args:
         path: output file (overwritten).
         frames: iterable of uint8 (H, W, 3) RGB frames, all the same size; a generator is consumed
@@ -75,31 +83,38 @@ def write_mp4(
         preset: x264 speed preset.
     Returns:
         ``path`` as a Path. Raises ValueError (and removes the partial file) if ``frames`` is empty or a
-        frame has a different shape from the first.
+        frame has a different shape from the first; an error of the encoder or of ``frames`` itself is
+        raised here too, the partial file removed and the encoder thread ended.
     """
     path = Path(path)
     rate = to_fraction(fps)
     count = 0
     # faststart moves the index to the front so a browser can play the file while it downloads.
     container = av.open(str(path), mode="w", options={"movflags": "+faststart"})
+    encoder = None
     try:
-        stream = None
         first_shape = None
         for frame in frames:
             if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
                 raise ValueError(f"frame {count}: expected uint8 (H, W, 3), got {frame.dtype} {frame.shape}")
-            if stream is None:
+            if encoder is None:
                 first_shape = frame.shape
                 stream = _open_stream(container, rate, _pad_even(frame).shape, crf, preset)
+                encoder = _EncoderThread(container, stream)
             elif frame.shape != first_shape:
                 raise ValueError(f"frame {count} has shape {frame.shape}, the first frame {first_shape}")
-            video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(_pad_even(frame)), format="rgb24")
-            container.mux(stream.encode(video_frame))
+            # from_ndarray copies the pixels: the caller may reuse its array once this returns. The
+            # conversion to yuv420p is left to the encoder thread (x264's frame threads return from
+            # each call at once, so that thread has the time), keeping this thread's work per frame
+            # to the caller's own.
+            encoder.put(av.VideoFrame.from_ndarray(np.ascontiguousarray(_pad_even(frame)), format="rgb24"))
             count += 1
-        if stream is None:
+        if encoder is None:
             raise ValueError("no frames to encode")
-        container.mux(stream.encode(None))  # flush the encoder's delayed frames
+        encoder.finish()
     except BaseException:
+        if encoder is not None:
+            encoder.cancel()
         container.close()
         path.unlink(missing_ok=True)
         raise
@@ -108,10 +123,85 @@ def write_mp4(
     return path
 
 
+# Frames waiting for the encoder thread: enough to absorb uneven frame times, few enough that memory
+# stays flat (4 rgb24 frames at 854x480 are 5 MB).
+_QUEUED_FRAMES = 4
+_POLL_S = 0.05
+_FINISH = object()  # end of the frames: flush the encoder
+
+
+class _EncoderThread:
+    """Encodes and muxes ``av.VideoFrame``s put into a bounded queue, in a thread of its own.
+
+    The thread owns ``stream`` and ``container`` until :meth:`finish` or :meth:`cancel` returns (it
+    never closes the container: the caller does). An exception in the thread is re-raised in the
+    caller by the next :meth:`put` or by :meth:`finish`.
+    """
+
+    def __init__(self, container, stream) -> None:
+        self._container, self._stream = container, stream
+        self._queue: queue.Queue = queue.Queue(maxsize=_QUEUED_FRAMES)
+        self._cancelled = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="write_mp4-encoder", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                item = self._queue.get()
+                if self._cancelled.is_set():
+                    return
+                if item is _FINISH:
+                    self._container.mux(self._stream.encode(None))  # flush the encoder's delayed frames
+                    return
+                self._container.mux(self._stream.encode(item))
+        except BaseException as err:  # handed to the caller's thread, which re-raises it
+            self._error = err
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            self._thread.join()
+            raise error
+
+    def put(self, item) -> None:
+        """Queue one frame (blocks while the queue is full); raises the thread's error if it failed."""
+        while True:
+            self._raise_if_failed()
+            if not self._thread.is_alive():
+                raise RuntimeError("the mp4 encoder thread stopped unexpectedly")
+            try:
+                self._queue.put(item, timeout=_POLL_S)
+                return
+            except queue.Full:
+                continue
+
+    def finish(self) -> None:
+        """Flush the encoder and wait for the thread; raises its error if it failed."""
+        self.put(_FINISH)
+        self._thread.join()
+        self._raise_if_failed()
+
+    def cancel(self) -> None:
+        """Stop without flushing (the caller failed): drop the queued frames, wait for the thread."""
+        self._cancelled.set()
+        while self._thread.is_alive():
+            try:
+                self._queue.put_nowait(_FINISH)  # wakes a thread waiting for a frame
+            except queue.Full:
+                with contextlib.suppress(queue.Empty):
+                    self._queue.get_nowait()
+            self._thread.join(timeout=_POLL_S)
+
+
 def _open_stream(container, rate: Fraction, shape: tuple[int, ...], crf: int, preset: str):
     stream = container.add_stream("libx264", rate=rate, options={"crf": str(crf), "preset": preset})
     stream.height, stream.width = shape[:2]
     stream.pix_fmt = "yuv420p"
+    # Frame threads, as the ffmpeg command line uses for libx264 (PyAV's default is slice threads,
+    # which split each frame and wait for it: less throughput, fewer threads to share the cores).
+    stream.codec_context.thread_type = "FRAME"
     return stream
 
 

@@ -1,4 +1,4 @@
-"""``python -m reviosa COMMAND``: predict, synth, evaluate, convert.
+"""``python -m reviosa COMMAND`` (or ``reviosa COMMAND`` once installed): predict, synth, evaluate, convert.
 
 Each command lives in its own module exposing ``add_arguments(parser)`` and ``run(args) -> int``.
 Those modules import nothing heavy at top level, so ``--help`` stays instant; the work imports
@@ -21,7 +21,9 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m reviosa", description=__doc__.splitlines()[0])
+    # `python -m reviosa` runs __main__.py; the installed `reviosa` console command runs main() directly.
+    prog = "python -m reviosa" if sys.argv[0].endswith("__main__.py") else "reviosa"
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text in COMMANDS.items():
@@ -38,6 +40,16 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(f"reviosa.cli.{args.command}")
     try:
         return int(module.run(args) or 0)
+    except ModuleNotFoundError as err:
+        if err.name != "torch":
+            raise
+        # torch is deliberately not a declared dependency (pip would pick a multi-GB CUDA build).
+        print(
+            "error: PyTorch is not installed. Install the build for your machine first, e.g. "
+            "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu (README, Install details)",
+            file=sys.stderr,
+        )
+        return 2
     except (ValueError, FileNotFoundError, OSError) as err:
         # User-facing failures (bad video, bad path, bad checkpoint) end with one clear line, no trace.
         print(f"error: {err}", file=sys.stderr)

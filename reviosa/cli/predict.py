@@ -4,6 +4,8 @@ python -m reviosa predict VIDEO "expression" [--model M] [--out DIR]
     -> DIR/actor/00000.png ..., DIR/target/..., DIR/results.json
 python -m reviosa predict --dataset DIR [--split S] --out RESULTS.json
     -> the results JSON of every expression (resumable: finished expressions are skipped)
+torchrun --nproc_per_node N -m reviosa predict --dataset DIR --out RESULTS.json [--device cuda]
+    -> the same file, the videos shared among N processes (GPU LOCAL_RANK each; `reviosa.distributed`)
 """
 
 from __future__ import annotations
@@ -37,10 +39,33 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("give either VIDEO and EXPRESSION, or --dataset DIR")
     if args.video and not args.expression:
         raise ValueError('give the expression after the video, e.g. predict clip.mp4 "person walking a dog"')
-    model = from_pretrained(args.model, device=args.device, dtype=getattr(torch, args.dtype))
+    device = _rank_device(args)
+    model = from_pretrained(args.model, device=device, dtype=getattr(torch, args.dtype))
     if args.dataset:
         return _predict_dataset(model, args)
     return _predict_video(model, args)
+
+
+def _rank_device(args) -> str:
+    """This process's device: under torchrun a bare ``cuda`` is ``cuda:LOCAL_RANK``."""
+    import torch
+
+    from reviosa import distributed
+
+    world = distributed.world_from_env()
+    if world.distributed and not args.dataset:
+        raise ValueError(
+            "torchrun shares the videos of --dataset among processes; run one video in one process"
+        )
+    device = distributed.device_for(args.device, world)
+    if device.startswith("cuda:"):
+        if int(device.split(":")[1]) >= torch.cuda.device_count():
+            raise ValueError(
+                f"{device} does not exist here ({torch.cuda.device_count()} GPU(s) visible): "
+                "start at most that many processes per node, or pass --device cuda:N"
+            )
+        torch.cuda.set_device(device)  # libraries that allocate on "the current device" use this rank's GPU
+    return device
 
 
 def _keyframe_options(args) -> dict:
@@ -75,22 +100,44 @@ def _predict_video(model, args) -> int:
 
 
 def _predict_dataset(model, args) -> int:
+    """Every expression of a dataset; under torchrun, this rank's videos (`reviosa.distributed`)."""
     from tqdm import tqdm
 
-    from reviosa import results
+    from reviosa import distributed, results
     from reviosa.data import InterRVOSDataset
 
     if not args.out:
         raise ValueError("--dataset needs --out RESULTS.json")
+    world = distributed.world_from_env()
     dataset = InterRVOSDataset(args.dataset, split=args.split)
-    done = results.load(args.out)
-    todo = [s for s in dataset.samples() if s.exp_id not in done["videos"].get(s.video_id, {})]
-    skipped = len(dataset) - len(todo)
-    bar = tqdm(total=len(dataset), initial=skipped, desc="expressions", unit="exp")
-    for video_id, entries in results.predict_videos(model, todo, args.batch, **_keyframe_options(args)):
-        done["videos"].setdefault(video_id, {}).update(entries)
-        results.save(done, args.out)  # after each video: an interrupted run resumes from here
-        bar.update(len(entries))
-    bar.close()
-    print(f"wrote {args.out}: {len(dataset)} expressions ({skipped} already done)")
+    samples = list(dataset.samples())
+    # What any earlier run finished, whatever its world size: OUT and every part file left beside it.
+    done = distributed.merge_results(
+        [results.load(args.out), *map(results.load, distributed.existing_parts(args.out))]
+    )
+    mine = distributed.my_samples(samples, world)
+    todo = [s for s in mine if s.exp_id not in done["videos"].get(s.video_id, {})]
+    # One process saves into OUT itself; a rank into its own part file, merged by rank 0 at the end.
+    own_path = distributed.part_path(args.out, world) if world.distributed else args.out
+    own = done if not world.distributed else results.load(own_path)
+    desc = f"rank {world.rank}/{world.size}" if world.distributed else "expressions"
+    bar = tqdm(
+        total=len(mine), initial=len(mine) - len(todo), desc=desc, unit="exp", position=world.local_rank
+    )
+    with distributed.process_group(world):
+        for video_id, entries in results.predict_videos(model, todo, args.batch, **_keyframe_options(args)):
+            own["videos"].setdefault(video_id, {}).update(entries)
+            results.save(own, own_path)  # after each video: an interrupted run resumes from here
+            bar.update(len(entries))
+        bar.close()
+        if world.distributed:
+            results.save(own, own_path)  # also when this rank had nothing to do: rank 0 counts the parts
+        skipped = distributed.gather(len(mine) - len(todo), world)
+        distributed.barrier(world)
+        if not world.is_main:
+            return 0
+        merged = distributed.collect_parts(args.out, world, results.load) if world.distributed else own
+        results.save(distributed.ordered_results(merged, samples), args.out)
+        distributed.remove_parts(args.out)
+    print(f"wrote {args.out}: {len(dataset)} expressions ({sum(skipped)} already done)")
     return 0
