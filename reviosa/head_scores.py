@@ -156,7 +156,7 @@ class HeadScores:
         writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
         writer.writeheader()
         for row in self.records():
-            writer.writerow({k: "" if v is None else (f"{v:.6f}" if isinstance(v, float) else v)
+            writer.writerow({k: "" if v is None else (f"{v:.6g}" if isinstance(v, float) else v)
                              for k, v in row.items()})  # fmt: skip
         return _write(buffer.getvalue(), path)
 
@@ -350,8 +350,8 @@ def head_scores_from_prediction(
 
     Args:
         pred: the prediction; its attention rows (1, R, NL, NH, K, g, g) and keyframes are used.
-        actor, target: bool (T, H, W) ground-truth tracks over all the clip's frames (``target`` None:
-            no target); when ``actor`` is None the prediction's own masks are used.
+        actor, target: bool (K, H, W) ground-truth masks on ``pred.keyframes`` (``target`` None: no
+            target); when ``actor`` is None the prediction's own masks are used.
     Returns:
         HeadScores labelled "ground truth" or "predicted", or None when no attention was captured.
     """
@@ -363,8 +363,8 @@ def head_scores_from_prediction(
         target_k = None if pred.target is None else np.stack([pred.target[t] for t in keyframes])
         label = "predicted"
     else:
-        actor_k = np.asarray(actor, dtype=bool)[keyframes]
-        target_k = None if target is None else np.asarray(target, dtype=bool)[keyframes]
+        actor_k = np.asarray(actor, dtype=bool)
+        target_k = None if target is None else np.asarray(target, dtype=bool)
         label = "ground truth"
     return compute_head_scores(
         pred.attention.rows[0], actor_k, target_k, layers=pred.attention.layers, heads=pred.attention.heads,

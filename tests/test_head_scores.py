@@ -213,8 +213,8 @@ def test_real_tiny_model_run(tiny_model, clip_mp4):
                             _brute_share(att_map, track[t]), abs=1e-6
                         )
     # Ground truth given: those masks are used at the keyframes, and the scores say so.
-    gt_actor = np.zeros((video.num_frames, *video.size), bool)
-    gt_actor[:, :, : video.size[1] // 2] = True  # the left half of every frame
+    gt_actor = np.zeros((len(pred.keyframes), *video.size), bool)
+    gt_actor[:, :, : video.size[1] // 2] = True  # the left half of every keyframe
     gt = head_scores_from_prediction(pred, gt_actor, None)
     assert gt.masks == "ground truth" and np.isnan(gt.target).all()
     left = rows[..., : rows.shape[-1] // 2].sum(axis=(-2, -1)) / rows.sum(axis=(-2, -1))  # (R, NL, NH, K)
