@@ -151,6 +151,14 @@ class VideoFile:
         that demuxes but cannot be decoded fails here, with the clear message, not mid-request."""
         stream = container.streams.video[0]
         count = sum(1 for packet in container.demux(stream) if packet.size > 0)
+        # An mp4/mov index is exact; fewer packets than it lists means the file was cut short (its
+        # index at the front, as "faststart" files have it, survives a cut download).
+        if "mp4" in container.format.name and stream.frames > count:
+            raise VideoError(
+                "truncated",
+                f"{self.path.name} is truncated: its index lists {stream.frames} frames, but only "
+                f"{count} are in the file (an interrupted download or copy?). {_AGAIN}",
+            )
         if count:
             container.seek(0)
             next(iter(container.decode(stream)), None)
