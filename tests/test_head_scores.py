@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -256,3 +257,123 @@ def test_reviosa_imports_no_plotting():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --- the studio: callbacks, then a real server driven with gradio_client -----------------------------------
+
+
+def _push_clip(path):
+    """8 frames, 64x64: a red disc pushing a blue square to the right."""
+    from conftest import encode_mp4
+
+    yy, xx = np.mgrid[:64, :64]
+    frames = np.full((8, 64, 64, 3), 90, dtype=np.uint8)
+    for t in range(8):
+        frames[t][(yy - 32) ** 2 + (xx - 12 - 3 * t) ** 2 < 64] = (220, 40, 40)
+        frames[t][(abs(yy - 32) < 7) & (abs(xx - 28 - 3 * t) < 7)] = (40, 70, 220)
+    encode_mp4(path, frames)
+    return path
+
+
+@pytest.fixture(scope="module")
+def studio_app(answering_model_dir):
+    from app import Studio
+    from studio.limits import Limits
+    from studio.service import ModelRegistry
+
+    return Studio(ModelRegistry(str(answering_model_dir)), Limits(), forced_answer=BOTH)
+
+
+@pytest.fixture(scope="module")
+def push_clip(tmp_path_factory):
+    return _push_clip(tmp_path_factory.mktemp("clips") / "push.mp4")
+
+
+def _masks_from_zip(result, role):
+    """The run's masks of ``role`` on its keyframes, from the masks zip the user downloads."""
+    import zipfile
+
+    from PIL import Image
+
+    with zipfile.ZipFile(result.masks_zip) as z:
+        return np.stack(
+            [np.asarray(Image.open(z.open(f"{role}/{t:05d}.png"))) > 0 for t in result.attention.keyframes]
+        )
+
+
+def test_studio_panel_shows_the_runs_scores(studio_app, push_clip):
+    from studio.head_scores import TABLE_COLUMNS, head_scores_panel, keyframe_choices
+
+    result = studio_app.segment(None, str(push_clip), "red disc pushing the blue square", "", 0,
+                                "model default", 1, 300, 640, progress=lambda *a, **k: None)[0]  # fmt: skip
+    view = result.attention
+    expected = compute_head_scores(
+        view.rows, _masks_from_zip(result, "actor"), _masks_from_zip(result, "target"),
+        layers=view.layers, heads=view.heads, keyframes=view.keyframes,
+    )  # fmt: skip
+    choices = keyframe_choices(result)
+    assert choices[0] == MEAN and len(choices) == len(view.keyframes) + 1
+    for role in ("actor", "target"):
+        for pick, k in ((MEAN, MEAN), (choices[2], 1)):
+            panel = head_scores_panel(result, role, pick)
+            table = panel.table
+            assert list(table.columns) == list(TABLE_COLUMNS) and len(table) == len(view.layers) * len(
+                view.heads
+            )
+            for share in ("actor", "target", "elsewhere", "vision"):
+                want = expected.table(role, share, k).ravel()  # layers outer, heads inner, as the table
+                assert np.allclose(table[share].to_numpy(float), want, atol=1e-3)
+            aml = table[table["AML"] == "yes"]
+            assert sorted(zip(aml["layer"], aml["head"], strict=True)) == sorted(view.supervised)
+            assert panel.heatmap.ndim == 3 and role in panel.note
+    files = sorted(panel.files)
+    assert [f.rsplit("/", 1)[1] for f in files] == ["head_scores.csv", "head_scores.json"]
+    saved = HeadScores.from_json(Path(files[1]).read_text())
+    assert np.allclose(saved.actor, expected.actor, atol=1e-6, equal_nan=True)
+    with pytest.raises(ValueError, match="keyframe"):
+        head_scores_panel(result, "actor", "9 (frame 99)")
+    assert "Run a clip first" in head_scores_panel(None, "actor", MEAN).note
+
+
+@pytest.fixture(scope="module")
+def server(studio_app):
+    import socket
+
+    from app import build_demo
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    demo = build_demo(studio_app)
+    _app, url, _share = demo.launch(
+        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True
+    )
+    yield url
+    demo.close()
+
+
+def test_client_gets_head_scores_and_downloads(server, push_clip):
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    client = Client(server, verbose=False)
+    client.predict(handle_file(str(push_clip)), "red disc pushing the blue square", "", 0, "model default",
+                   1, 300, 640, api_name="/segment")  # fmt: skip
+    table, heatmap, files, note = client.predict("target", MEAN, api_name="/head_scores")
+    assert table["headers"] == ["layer", "head", "actor", "target", "elsewhere", "vision", "AML"]
+    values = np.array([row[2:6] for row in table["data"]], dtype=float)
+    assert len(values) > 0 and values.min() >= 0 and values.max() <= 1
+    assert Path(heatmap).is_file() and "target" in note
+    csv_file = next(f for f in files if f.endswith(".csv"))
+    rows = [
+        r
+        for r in csv.DictReader(io.StringIO(Path(csv_file).read_text()))
+        if r["role"] == "target" and r["keyframe"] == MEAN
+    ]
+    assert [round(float(r["actor"]), 3) for r in rows] == [row[2] for row in table["data"]]
+    # A keyframe of this run; then a pick this run does not have is an error, and the next call works.
+    one = client.predict("actor", "1 (frame 2)", api_name="/head_scores")[0]
+    assert len(one["data"]) == len(table["data"])
+    with pytest.raises(AppError, match="out of range"):
+        client.predict("actor", "7 (frame 9)", api_name="/head_scores")
+    assert client.predict("actor", MEAN, api_name="/head_scores")[0]["data"]
