@@ -155,7 +155,8 @@ def side_attention(run: RunResult, role: str, layers: str):
     view = run.attention
     if view is None:
         return None, "No attention was captured in this run."
-    layer = views.ALL if layers == "all layers" else views.layer_choices(view)[1]
+    supervised = str(view.supervised_layer) if view.supervised_layer in view.layers else views.ALL
+    layer = views.ALL if layers == "all layers" else supervised
     pics = views.attention_pictures(view, role, layer, views.ALL, 0)
     shown = "all layers" if layer == views.ALL else f"layer {layer}"
     note = (
