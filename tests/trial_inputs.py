@@ -119,3 +119,29 @@ def rgba_gif(folder: Path, num_frames: int = 8) -> Path:
 
 def avi(folder: Path, num_frames: int = 8) -> Path:
     return encode(folder / "clip.avi", moving_frames(num_frames, 64, 64), codec="mpeg4")
+
+
+def builtin_named_copy(model_dir: Path, folder: Path) -> Path:
+    """A copy of a tiny model that calls itself the built-in model (config.name), so the check of
+    `reviosa.domain` runs on it exactly as on the shipped one."""
+    import json
+    import shutil
+
+    from reviosa.domain import BUILTIN_NAME
+
+    copy = folder / "builtin-named"
+    shutil.copytree(model_dir, copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["name"] = BUILTIN_NAME
+    (copy / "config.json").write_text(json.dumps(config))
+    return copy
+
+
+def real_looking(folder: Path) -> Path:
+    """Not the synthetic world: 96x160 (not square) with a bright background, like daylight footage."""
+    return encode(folder / "street.mp4", moving_frames(6, 96, 160, background=210))
+
+
+def world_looking(folder: Path) -> Path:
+    """Like the synthetic world: square 128 px, muted background."""
+    return encode(folder / "world.mp4", moving_frames(6, 128, 128, background=70))
