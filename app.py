@@ -22,6 +22,8 @@ import torch
 
 from studio import views
 from studio.bootstrap import ensure_sam2
+from studio.compare import build_compare_tab
+from studio.correct import build_fix_tab
 from studio.examples import EXAMPLES_DIR, ensure_synthetic, list_examples
 from studio.limits import Limits, add_limit_arguments, limits_from_args
 from studio.service import (
@@ -179,6 +181,10 @@ def build_demo(studio: Studio, examples_dir=EXAMPLES_DIR) -> gr.Blocks:
                     result_out = _result_panel()
                 with gr.Tab("Attention"):
                     attn = _attention_panel()
+                with gr.Tab("Compare"):
+                    build_compare_tab(studio, inputs, _gpu)
+                with gr.Tab("Fix & export"):
+                    fix = build_fix_tab(studio, state, _gpu)
         _examples_panel(inputs, examples_dir)
 
         run = inputs["run"].click(
@@ -188,6 +194,7 @@ def build_demo(studio: Studio, examples_dir=EXAMPLES_DIR) -> gr.Blocks:
             api_name="segment",
             concurrency_id="model",
         )
+        fix["follow"](run)  # after a page run, the Fix & export tab shows its first frame
         attn_inputs = [state, attn["role"], attn["layer"], attn["head"], attn["keyframe"]]
         attn_outputs = attn["outputs"]
         controls = [attn["layer"], attn["head"], attn["keyframe"]]

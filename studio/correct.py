@@ -81,21 +81,21 @@ def run_tracks(result) -> dict:
     }
 
 
-def new_session(result, video_path, options, limits, model_name: str | None) -> FixSession:
-    """A session on a finished run (`studio.service.RunResult`): its clip reopened with the same
-    options (so the frames match the tracks) and its tracks read from its results JSON."""
+def new_session(result) -> FixSession:
+    """A session on a finished run (`studio.service.RunResult`): its clip as the run read it and its
+    tracks read back from its results JSON."""
     from reviosa.data.export import safe_video_id
     from reviosa.video import MaskTrack
-    from studio.service import open_video
 
-    video, _notices = open_video(video_path, options, limits)
-    if (video.num_frames, tuple(video.size)) != (result.num_frames, tuple(result.size)):
-        raise UserError("The clip or its settings changed since the last run: press Segment again.")
+    video = result.video
+    if video is None or (video.num_frames, tuple(video.size)) != (result.num_frames, tuple(result.size)):
+        raise UserError("This run kept no clip to correct: press Segment again.")
     original = run_tracks(result)
     if original["actor"] is None:  # nothing was segmented: the user draws the actor from scratch
         original["actor"] = MaskTrack(video.num_frames, tuple(video.size))
-    return FixSession(video, safe_video_id(Path(video_path).name), result.expression, model_name,
-                      original, [], dict(original), result_dir=result.out_dir)  # fmt: skip
+    name = safe_video_id(Path(getattr(video, "path", "video")).name)
+    return FixSession(video, name, result.expression, result.model_name, original, [], dict(original),
+                      result_dir=result.out_dir)  # fmt: skip
 
 
 def add_click(session: FixSession, loaded, frame: int, role: str, polarity: str, x: float, y: float,
@@ -259,17 +259,14 @@ def discard(session: FixSession | None) -> None:
 # --- the tab -------------------------------------------------------------------------------------------------
 
 
-def build_fix_tab(studio, inputs: dict, run_state, gpu=lambda fn: fn) -> dict:
+def build_fix_tab(studio, run_state, gpu=lambda fn: fn) -> dict:
     """Lay out the Fix & export tab inside the caller's ``gr.Tab`` and bind its events.
 
-    studio: the app's `Studio` (registry, limits); inputs: the input panel's components ("video",
-    "model", "advanced"); run_state: the Segment run's ``gr.State``. Returns the components and
-    ``follow(events)``, to call with the Segment events (page and API): a session starts when one
-    succeeds.
+    studio: the app's `Studio` (registry); run_state: the Segment run's ``gr.State``. Returns the
+    components and ``follow(event)``, to call with the page's Segment event: after a run the tab shows
+    its first frame. Every fix call starts the session on the user's latest run when there is none
+    (API clients, whose calls trigger no follow-up events).
     """
-    from studio.compare import run_options
-
-    limits = studio.limits
     session_state = gr.State(None, delete_callback=discard)
     gr.Markdown(HELP)
     with gr.Row():
@@ -282,6 +279,8 @@ def build_fix_tab(studio, inputs: dict, run_state, gpu=lambda fn: fn) -> dict:
         undo_button = gr.Button("Undo last click", elem_id="fix-undo")
         reset_button = gr.Button("Reset to the model's tracks", elem_id="fix-reset")
     with gr.Accordion("Or type the point (frame pixels)", open=False), gr.Row():
+        # The frame as a number too: the slider's range is the page's, an API client has none.
+        frame_no = gr.Number(0, label="frame", precision=0, minimum=0, elem_id="fix-frame-number")
         x_in = gr.Number(0, label="x (column)", precision=1, elem_id="fix-x")
         y_in = gr.Number(0, label="y (row)", precision=1, elem_id="fix-y")
         typed = gr.Button("Add click", elem_id="fix-add")
@@ -299,28 +298,30 @@ def build_fix_tab(studio, inputs: dict, run_state, gpu=lambda fn: fn) -> dict:
         except UserError as err:
             raise gr.Error(str(err), print_exception=False) from err
 
-    def need(session) -> FixSession:
-        if session is None:
-            raise gr.Error("Run Segment first: the corrections start from its tracks.", print_exception=False)
-        return session
-
-    def start(session, result, video_path, model_name, *advanced):
+    def current(session, result) -> FixSession:
+        """The session on the user's last run, started on first use (API clients have no page to start it)."""
         if result is None:
-            return None, None, gr.Slider(), status_markdown(None)
+            raise gr.Error("Run Segment first: the corrections start from its tracks.", print_exception=False)
         if session is not None and session.result_dir == result.out_dir:
-            return [gr.skip()] * 4  # the page's run failed and kept the last result: keep the clicks
-        name = model_name if limits.allow_model_choice else None
+            return session
+        discard(session)
         try:
-            session = new_session(result, video_path, run_options(*advanced), limits, name)
+            return new_session(result)
         except UserError as err:
             raise gr.Error(str(err), print_exception=False) from err
+
+    def start(session, result):
+        """After a page run: show the new run's first frame (a failed run kept the last one: no change)."""
+        if result is None or (session is not None and session.result_dir == result.out_dir):
+            return [gr.skip()] * 5
+        session = current(session, result)
         last = max(1, session.num_frames - 1)
         return (session, frame_picture(session, 0),
-                gr.Slider(0, last, value=0, step=1, interactive=True, visible=session.num_frames > 1),
+                gr.Slider(0, last, value=0, step=1, interactive=True, visible=session.num_frames > 1), 0,
                 status_markdown(session))  # fmt: skip
 
-    def click(session, t, role_name, kind, x, y, progress=gr.Progress()):  # noqa: B008
-        session = need(session)
+    def click(session, result, t, role_name, kind, x, y, progress=gr.Progress()):  # noqa: B008
+        session = current(session, result)
         try:
             session = add_click(session, loaded_for(session), t, role_name, kind, float(x), float(y),
                                 lambda f: progress(f, desc="re-segmenting"))  # fmt: skip
@@ -328,32 +329,32 @@ def build_fix_tab(studio, inputs: dict, run_state, gpu=lambda fn: fn) -> dict:
             raise gr.Error(str(err), print_exception=False) from err
         return session, frame_picture(session, t), status_markdown(session)
 
-    def select(session, t, role_name, kind, evt: gr.SelectData, progress=gr.Progress()):  # noqa: B008
+    def select(session, result, t, role_name, kind, evt: gr.SelectData, progress=gr.Progress()):  # noqa: B008
         """The page's click: an error goes to the status line, the picture and clicks stay."""
-        if session is None:
+        if session is None or result is None:
             return gr.skip(), gr.skip(), status_markdown(None)
         s = preview_scale(session.video.size)
         x, y = evt.index  # pixels of the shown (enlarged) picture
         try:
-            return click(session, t, role_name, kind, min(x // s, session.video.size[1] - 1),
+            return click(session, result, t, role_name, kind, min(x // s, session.video.size[1] - 1),
                          min(y // s, session.video.size[0] - 1), progress)  # fmt: skip
         except gr.Error as err:
             return gr.skip(), gr.skip(), f"⚠️ {err.message}\n\n{status_markdown(session)}"
 
-    def undo_cb(session, t, progress=gr.Progress()):  # noqa: B008
-        session = need(session)
+    def undo_cb(session, result, t, progress=gr.Progress()):  # noqa: B008
+        session = current(session, result)
         session = undo(session, loaded_for(session), lambda f: progress(f, desc="re-segmenting"))
         return session, frame_picture(session, t), status_markdown(session)
 
-    def reset_cb(session, t):
-        session = reset(need(session))
+    def reset_cb(session, result, t):
+        session = reset(current(session, result))
         return session, frame_picture(session, t), status_markdown(session)
 
     def show(session, t):
         return None if session is None else frame_picture(session, t)
 
-    def export_cb(session, kind):
-        session = need(session)
+    def export_cb(session, result, kind):
+        session = current(session, result)
         try:
             files, note = export(session, kind, fps=float(session.video.fps))
         except (UserError, ValueError) as err:
@@ -362,23 +363,26 @@ def build_fix_tab(studio, inputs: dict, run_state, gpu=lambda fn: fn) -> dict:
 
     outputs = [session_state, picture, status]
 
-    def follow(run_events) -> None:
-        for event in run_events:
-            event.success(
-                start, [session_state, run_state, inputs["video"], inputs["model"], *inputs["advanced"]],
-                [session_state, picture, slider, status], api_visibility="private",
-            )  # fmt: skip
+    def follow(run_event) -> None:
+        run_event.success(start, [session_state, run_state], [session_state, picture, slider, frame_no, status],
+                          api_visibility="private")  # fmt: skip
 
-    picture.select(gpu(select), [session_state, slider, role, polarity], outputs,
+    picture.select(gpu(select), [session_state, run_state, frame_no, role, polarity], outputs,
                    api_visibility="private", concurrency_id="model")  # fmt: skip
     # A typed point: precise, keyboard-only, and the API's way to click (frame, role, polarity, x, y).
-    typed.click(gpu(click), [session_state, slider, role, polarity, x_in, y_in], outputs,
+    typed.click(gpu(click), [session_state, run_state, frame_no, role, polarity, x_in, y_in], outputs,
                 api_name="fix_click", concurrency_id="model")  # fmt: skip
     undo_button.click(
-        gpu(undo_cb), [session_state, slider], outputs, api_name="fix_undo", concurrency_id="model"
+        gpu(undo_cb),
+        [session_state, run_state, frame_no],
+        outputs,
+        api_name="fix_undo",
+        concurrency_id="model",
     )
-    reset_button.click(reset_cb, [session_state, slider], outputs, api_name="fix_reset")
-    slider.input(show, [session_state, slider], [picture], api_name="fix_frame")
-    export_button.click(export_cb, [session_state, caption], [session_state, downloads, export_note],
+    reset_button.click(reset_cb, [session_state, run_state, frame_no], outputs, api_name="fix_reset")
+    slider.input(lambda session, t: (show(session, t), t), [session_state, slider], [picture, frame_no],
+                 api_visibility="private")  # fmt: skip
+    frame_no.submit(show, [session_state, frame_no], [picture], api_name="fix_frame")
+    export_button.click(export_cb, [session_state, run_state, caption], [session_state, downloads, export_note],
                         api_name="fix_export")  # fmt: skip
     return {"state": session_state, "picture": picture, "slider": slider, "status": status, "follow": follow}

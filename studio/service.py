@@ -220,6 +220,10 @@ class RunResult:
     notices: list[str] = field(default_factory=list)
     attention: AttentionView | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    # What the Fix & export tab re-decodes: the clip as the run read it (reviosa.video.VideoFile, lazy,
+    # same stride and size caps) and the model's registry name.
+    video: object | None = None
+    model_name: str | None = None
 
     @property
     def downloads(self) -> list[str]:
@@ -285,6 +289,8 @@ def run_request(
         notices=notices,
         attention=attention_view(pred, model.config, keyframe_images),
         timings=timings,
+        video=video,
+        model_name=loaded.name,
     )
 
 

@@ -3,6 +3,8 @@ InterRVOS sample, each read back by its own reader (train.annotate.inputs, revio
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -109,3 +111,127 @@ def test_bad_samples_are_refused_before_writing(tmp_path, clip, kwargs, words):
 def test_safe_video_id():
     assert safe_video_id("/tmp/gradio/abc/My Clip (1).mp4") == "My_Clip__1_"
     assert safe_video_id("...mp4") == "video"
+
+
+# --- the studio's Fix & export tab, through a real server (gradio_client) ---------------------------------
+
+
+BOTH_ROLES = "Sure, [SEG_ACT] and [SEG_TAR]."
+
+
+@pytest.fixture(scope="module")
+def served(answering_model_dir, tmp_path_factory):
+    """The app on 127.0.0.1 with the tiny answering model, and an 8-frame 64 px clip."""
+    import socket
+
+    from conftest import encode_mp4
+
+    from app import Studio, build_demo
+    from studio.limits import Limits
+    from studio.service import ModelRegistry
+
+    frames = np.full((8, 64, 64, 3), 90, dtype=np.uint8)
+    for t in range(8):
+        frames[t, 24:40, 4 + 3 * t : 20 + 3 * t] = (220, 40, 40)
+    clip = tmp_path_factory.mktemp("fix") / "my clip.mp4"
+    encode_mp4(clip, frames)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    studio = Studio(ModelRegistry(str(answering_model_dir)), Limits(), forced_answer=BOTH_ROLES)
+    demo = build_demo(studio)
+    _app, url, _share = demo.launch(
+        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True
+    )
+    yield url, clip
+    demo.close()
+
+
+def _segment(client, clip):
+    from gradio_client import handle_file
+
+    return client.predict(
+        handle_file(str(clip)), "red circle pushing the blue square", "", 0, "model default", 1, 300, 640,
+        api_name="/segment",
+    )  # fmt: skip
+
+
+def _unzip(path, folder):
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        archive.extractall(folder)
+    return folder
+
+
+def test_client_clicks_undoes_and_exports_training_data(served, tmp_path):
+    import json
+
+    from gradio_client import Client
+
+    from reviosa import rle
+
+    url, clip = served
+    client = Client(url, verbose=False)
+    *_rest, downloads = _segment(client, clip)
+    run = json.loads(Path(next(d for d in downloads if d.endswith(".json"))).read_text())
+    (entry,) = run["videos"]["my clip"].values()
+    original = np.stack([rle.decode(m, (64, 64)) for m in entry["actor"]])
+
+    picture, status = client.predict(3, "actor", "add (positive)", 50, 10, api_name="/fix_click")
+    assert "1 click(s)" in status and "Frames 3..7 were re-segmented" in status
+    assert Path(picture).is_file()
+    _picture, status = client.predict(4, "target", "remove (negative)", 10, 30, api_name="/fix_click")
+    assert "2 click(s)" in status
+    _picture, status = client.predict(4, api_name="/fix_undo")
+    assert "1 click(s)" in status
+
+    files, note = client.predict("auto (from the tracks)", api_name="/fix_export")
+    names = sorted(Path(f).name for f in files)
+    assert names == ["annotate_input.zip", "corrected_overlay.mp4", "interrvos_sample.zip"]
+    assert "unidirectional" in note
+    by_name = {Path(f).name: f for f in files}
+
+    dataset = InterRVOSDataset(_unzip(by_name["interrvos_sample.zip"], tmp_path / "data"), "train")
+    (sample,) = list(dataset.samples())
+    assert (sample.video_id, sample.expression) == ("my_clip", "red circle pushing the blue square")
+    actor = sample.actor_masks()
+    assert actor[3][10, 50]  # the positive click
+    np.testing.assert_array_equal(actor[:3], original[:3])  # frames before it are the model's
+    assert sample.target_masks() is not None
+
+    (item,) = list(from_folder(_unzip(by_name["annotate_input.zip"], tmp_path / "annotate")))
+    objects = {o.obj_id: o.masks.numpy() for o in item.objects}
+    np.testing.assert_array_equal(objects[ACTOR_ID], actor)
+    assert item.num_frames == 8 and item.frames.size == (64, 64)
+
+    _picture, status = client.predict(0, api_name="/fix_reset")
+    assert "no clicks yet" in status
+
+
+def test_client_fix_errors_are_clear(served):
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    url, clip = served
+    client = Client(url, verbose=False)
+    with pytest.raises(AppError, match="Run Segment first"):
+        client.predict(0, "actor", "add (positive)", 1, 1, api_name="/fix_click")
+    _segment(client, clip)
+    with pytest.raises(AppError, match=r"outside the 64x64 frame"):
+        client.predict(0, "actor", "add (positive)", 64, 1, api_name="/fix_click")
+    files, note = client.predict("bidirectional", api_name="/fix_export")  # no clicks: the model's tracks
+    assert "target track is left out" in note
+
+
+def test_studio_export_refuses_unidirectional_without_target(tmp_path, clip):
+    from studio.correct import FixSession, export
+    from studio.service import UserError
+
+    video, actor, _target = clip
+    tracks = {"actor": role_objects(actor)[ACTOR_ID], "target": None}
+    session = FixSession(video, "clip", "the red disc", None, tracks, [], dict(tracks))
+    with pytest.raises(UserError, match="needs a target: add one with role 'target' clicks"):
+        export(session, "unidirectional")
+    files, note = export(session, "auto (from the tracks)")
+    assert "**single**" in note and len(files) == 3
