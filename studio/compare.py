@@ -98,8 +98,9 @@ def side_heading(comparison: Comparison, n: int) -> str:
     keys = "" if view is None else f"keyframes {', '.join(map(str, view.keyframes))}"
     strategy = side.options.keyframe_strategy or "model default"
     lines = [f"### Model {SIDES[n]}: {_plain(run.model_label)}", f"{keys} ({strategy})."]
-    if run.warning:
-        lines.append(f"⚠️ {run.warning}")
+    warning = getattr(run, "warning", None)  # the built-in model outside its world (set by the service)
+    if warning:
+        lines.append(f"⚠️ {warning}")
     if run.status != "ok":
         lines.append(f"**Nothing was segmented:** {_plain(run.reason or '')}.")
     else:
