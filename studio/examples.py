@@ -62,7 +62,8 @@ class Example:
 
     @property
     def label(self) -> str:
-        return f"{self.expression} ({'needs real weights' if self.needs_real_weights else 'built-in model'})"
+        """The whole expression (the group's heading says which model handles it); real clips say so."""
+        return f"{self.expression} (needs real weights)" if self.needs_real_weights else self.expression
 
 
 # Expressions are ones the world's language generator writes for these clips (actor-only and
