@@ -120,7 +120,7 @@ def head_scores_panel(result: RunResult | None, role: str, keyframe: str | None)
     table = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
     where = "all keyframes" if k == MEAN else f"keyframe {k} (frame {view.keyframes[k]})"
     heatmap = head_scores_array(
-        tables, scores.layers, scores.heads, title=f"{role}, {where}", supervised=supervised
+        tables, scores.layers, scores.heads, title=f"{role}, {where}", supervised=supervised, columns=2
     )
     return HeadScoresPanel(table, heatmap, files, _note(role, where, scores, result.target_frames is None))
 
@@ -131,5 +131,5 @@ def _note(role: str, where: str, scores: HeadScores, no_target: bool) -> str:
         f"**{role}** token, {where}, with the run's predicted masks. Each row: of this head's attention on "
         "the video, the share inside the actor, inside the target and elsewhere (masks reduced to the "
         "token grid by area coverage), and the share of its whole attention that is on the video "
-        f"(vision). Click a column to sort; AML marks the heads the attention mask loss supervises.{target}"
+        f"(vision). Sort by a column from its ⋮ menu; AML marks the heads the attention mask loss supervises.{target}"
     )

@@ -94,6 +94,7 @@ def plot_head_scores(
     title: str | None = None,
     supervised: Iterable[tuple[int, int]] = (),
     cmap: str = "viridis",
+    columns: int | None = None,
 ) -> Figure:
     """Several layer x head tables side by side on the [0, 1] scale, with one colour bar.
 
@@ -103,6 +104,7 @@ def plot_head_scores(
         title: a title over all panels.
         supervised: (layer, head) pairs, real indices, framed in every panel.
         cmap: matplotlib colour map name.
+        columns: panels per row (default: all in one row); e.g. 2 puts four tables in a 2 x 2 block.
     Returns:
         a matplotlib Figure on an Agg canvas.
     """
@@ -113,13 +115,17 @@ def plot_head_scores(
     chosen = {(int(layer), int(head)) for layer, head in supervised}
     panel_w = max(1.8, 0.42 * len(heads) + 0.8)
     height = max(1.9, 0.32 * len(layers) + 1.1)
-    fig = Figure(figsize=(panel_w * len(checked) + 0.9, height), dpi=100, layout="constrained")
+    ncols = len(checked) if columns is None else max(1, min(int(columns), len(checked)))
+    nrows = -(-len(checked) // ncols)
+    fig = Figure(figsize=(panel_w * ncols + 0.9, height * nrows), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, len(checked), squeeze=False)[0]
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     image = None
-    for ax, (name, table) in zip(axes, checked.items(), strict=True):
+    for ax, (name, table) in zip(axes, checked.items(), strict=False):
         image = _draw_table(ax, table, layers, heads, chosen, name, cmap)
-    fig.colorbar(image, ax=list(axes), shrink=0.9, pad=0.02, label="share")
+    for ax in axes[len(checked) :]:
+        ax.set_visible(False)
+    fig.colorbar(image, ax=list(axes[: len(checked)]), shrink=0.9, pad=0.02, label="share")
     if title:
         fig.suptitle(title, fontsize=10)
     return fig
@@ -131,8 +137,10 @@ def head_scores_array(
     heads: Sequence[int],
     title: str | None = None,
     supervised: Iterable[tuple[int, int]] = (),
+    columns: int | None = None,
 ) -> np.ndarray:
     """``plot_head_scores`` rendered to uint8 (H, W, 3) RGB."""
     from viz.attention import figure_to_array
 
-    return figure_to_array(plot_head_scores(tables, layers, heads, title=title, supervised=supervised))
+    fig = plot_head_scores(tables, layers, heads, title=title, supervised=supervised, columns=columns)
+    return figure_to_array(fig)
