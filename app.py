@@ -390,7 +390,7 @@ def _head_scores_panel() -> dict:
         keyframe = gr.Dropdown([head_scores.MEAN], value=head_scores.MEAN, label="Head scores on",
                                allow_custom_value=True, elem_id="score-keyframe")  # fmt: skip
         files = gr.File(label="Head scores (CSV, JSON): all roles and keyframes", file_count="multiple",
-                        elem_id="score-files")  # fmt: skip
+                        interactive=False, elem_id="score-files")  # fmt: skip
     heatmap = gr.Image(show_label=False, interactive=False, elem_id="head-scores-map", buttons=[])
     table = gr.Dataframe(headers=list(head_scores.TABLE_COLUMNS), datatype=head_scores.TABLE_TYPES,
                          interactive=False, max_height=420, elem_id="head-scores-table")  # fmt: skip
