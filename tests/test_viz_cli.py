@@ -114,3 +114,21 @@ def test_bad_arguments_fail_with_one_clear_line(answering_model_dir, clip_mp4, t
         proc = run_viz(*args, "--model", answering_model_dir, "--out", tmp_path / "o", check=False)
         assert proc.returncode == 2, proc.stderr
         assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_builtin_model_supervised_heads_look_at_the_actor(tmp_path):
+    """The built-in model on one of its own synthetic examples: the heads AML trained (layer 2, heads
+    0-3) put more of [SEG_ACT]'s vision attention on the actor than the other heads do."""
+    from pathlib import Path
+
+    clip = Path(__file__).resolve().parents[1] / "examples" / "synth_push.mp4"
+    out = tmp_path / "builtin"
+    run_viz(clip, "white circle pushing the big red cross", "--model", "builtin", "--out", out)
+    scores = HeadScores.from_json((out / "head_scores.json").read_text())
+    supervised = json.loads((out / "summary.json").read_text())["supervised"]
+    actor = scores.table("actor", "actor")
+    chosen = np.zeros_like(actor, dtype=bool)
+    for layer, head in supervised:
+        chosen[scores.layers.index(layer), scores.heads.index(head)] = True
+    assert chosen.any() and actor[chosen].mean() > 2 * actor[~chosen].mean()
+    assert (out / "actor" / "figure6b_heads.png").is_file()
