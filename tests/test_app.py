@@ -20,7 +20,7 @@ import pytest
 import trial_inputs
 from conftest import encode_mp4
 
-from studio.examples import EXAMPLES_DIR, REAL, SYNTHETIC, ensure_synthetic, list_examples
+from studio.examples import EXAMPLES_DIR, LABEL_MAX, REAL, SYNTHETIC, ensure_synthetic, list_examples
 from studio.limits import Limits
 from studio.service import ModelRegistry, RunOptions, UserError, keyframe_options, run_request
 
@@ -133,7 +133,7 @@ def test_examples_are_committed_small_and_regenerated(tmp_path):
     assert {r.path.name for r in rows} == {c.file for c in SYNTHETIC + REAL}
     assert all(r.path.stat().st_size < 1_000_000 for r in rows)
     assert {r.needs_real_weights for r in rows if r.path.name in {c.file for c in REAL}} == {True}
-    assert "needs real weights" in next(r.label for r in rows if r.needs_real_weights)
+    assert all(len(r.label) <= LABEL_MAX and r.label == r.expression for r in rows)  # Gradio cuts longer ones
     assert (EXAMPLES_DIR / "ATTRIBUTION.md").read_text().count("Blender Foundation") == 1
     paths = ensure_synthetic(tmp_path)  # missing clips are generated on first run
     from reviosa.video import VideoFile
