@@ -12,8 +12,9 @@ For one clip, DIR gets::
     ROLE/figure6a_layers.png          Figure 6 (a): attention on the vision tokens per layer
     ROLE/figure6b_heads.png           Figure 6 (b): per head of the supervised (else the top) layer
 
-For a dataset, each expression gets that layout under ``DIR/clips/VIDEO/EXP/``, plus
-``head_scores_gt.*`` and ``ROLE/head_scores_gt.png`` computed with the dataset's ground-truth masks;
+For a dataset, each expression gets that layout under ``DIR/clips/VIDEO/EXP/`` (without the matplotlib
+charts unless ``--clip-figures``: at 0.8-5 s a chart they would dominate the run), plus
+``head_scores_gt.*`` (and ``ROLE/head_scores_gt.png``) computed with the dataset's ground-truth masks;
 DIR itself gets the averages over all expressions: ``head_scores[_gt].csv / .json``,
 ``ROLE/head_scores[_gt].png`` and both Figure 6 charts.
 
@@ -48,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="a dataset in the InterRVOS / MeViS layout (instead of VIDEO)")
     p.add_argument("--split", help="split folder inside --dataset (e.g. valid, test)")
     p.add_argument("--limit", type=int, help="only the first N expressions of the dataset")
+    p.add_argument("--clip-figures", action="store_true",
+                   help="--dataset: also draw each expression's head-score and Figure 6 charts (slow: "
+                        "matplotlib; by default each gets its heatmaps and CSV / JSON, the averages get all)")  # fmt: skip
     p.add_argument("--model", default="builtin", help="'builtin' (default), a model folder, or a hub id")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
@@ -87,8 +91,8 @@ def run_attention(args: argparse.Namespace) -> int:
         raise ValueError(
             'give the expression after the video, e.g. attention clip.mp4 "person walking a dog"'
         )
-    if args.dataset is None and (args.split or args.limit):
-        raise ValueError("--split and --limit go with --dataset")
+    if args.dataset is None and (args.split or args.limit or args.clip_figures):
+        raise ValueError("--split, --limit and --clip-figures go with --dataset")
     model = from_pretrained(args.model, device=args.device, dtype=getattr(torch, args.dtype))
     if args.dataset:
         return _dataset(model, args)
@@ -146,7 +150,15 @@ def _dataset(model, args) -> int:
                     pred, sample.actor_masks(pred.keyframes), sample.target_masks(pred.keyframes), args.resize
                 )
                 folder = out / "clips" / sample.video_id / sample.exp_id
-                write_clip(folder, pred, video.read(pred.keyframes), model.config, scores, gt)
+                write_clip(
+                    folder,
+                    pred,
+                    video.read(pred.keyframes),
+                    model.config,
+                    scores,
+                    gt,
+                    figures=args.clip_figures,
+                )
                 predicted += [scores] if scores.roles else []
                 truth += [gt] if gt.roles else []
                 bar.update()
@@ -182,11 +194,13 @@ def _write_json(path: Path, data) -> None:
     path.write_text(json.dumps(data, indent=1))
 
 
-def write_clip(out: Path, pred, keyframe_images: np.ndarray, config, scores, gt=None) -> None:
+def write_clip(
+    out: Path, pred, keyframe_images: np.ndarray, config, scores, gt=None, figures: bool = True
+) -> None:
     """One expression's files (layout in the module docstring).
 
     keyframe_images: uint8 (K, H, W, 3) the keyframes; scores / gt: HeadScores with the predicted /
-    ground-truth masks (gt None: none).
+    ground-truth masks (gt None: none); figures: also the matplotlib charts (head scores, Figure 6).
     """
     from viz.attention import head_grid
 
@@ -208,12 +222,14 @@ def write_clip(out: Path, pred, keyframe_images: np.ndarray, config, scores, gt=
                 supervised=supervised, tile_width=tile,
             )  # fmt: skip
             _save_png(grid, out / role / f"heatmaps_k{k}.png")
-    write_scores(out, scores, supervised)
+    write_scores(out, scores, supervised, figures=figures)
     if gt is not None:
-        write_scores(out, gt, supervised, suffix="_gt", figure6=False)
+        write_scores(out, gt, supervised, suffix="_gt", figures=figures, figure6=False)
 
 
-def write_scores(out: Path, scores, supervised, suffix: str = "", figure6: bool = True) -> None:
+def write_scores(
+    out: Path, scores, supervised, suffix: str = "", figures: bool = True, figure6: bool = True
+) -> None:
     """head_scores{suffix}.csv / .json, and per role its tables' heatmap and (figure6) Figure 6 charts.
 
     The vision mass does not depend on the masks, so Figure 6 is drawn once, from the predicted run.
@@ -224,6 +240,8 @@ def write_scores(out: Path, scores, supervised, suffix: str = "", figure6: bool 
     out.mkdir(parents=True, exist_ok=True)
     scores.to_csv(out / f"head_scores{suffix}.csv")
     scores.to_json(out / f"head_scores{suffix}.json")
+    if not figures:
+        return
     layers, heads = list(scores.layers), list(scores.heads)
     for role, clips in zip(scores.roles, scores.clips, strict=True):
         tables = {share: scores.table(role, share) for share in ("actor", "target", "elsewhere", "vision")}
