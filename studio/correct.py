@@ -23,7 +23,7 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 
-from studio.service import PREVIEW_MIN_SIDE, UserError
+from studio.service import UserError, preview_scale
 
 logger = logging.getLogger(__name__)
 
@@ -137,23 +137,20 @@ def _recompute(session: FixSession, loaded, clicks: list, progress) -> FixSessio
 # --- pictures and text -------------------------------------------------------------------------------
 
 
-def preview_scale(size: tuple[int, int]) -> int:
-    """Integer enlargement of the shown frame (small clips), as the Result tab's previews."""
-    return max(1, PREVIEW_MIN_SIDE // max(size))
-
-
 def frame_picture(session: FixSession, t: int) -> np.ndarray:
     """uint8 (H*s, W*s, 3): frame t with the corrected masks and that frame's clicks marked
     (green: add, red: remove), enlarged by ``preview_scale``."""
-    from viz.overlay import overlay_frame
+    from reviosa.tokens import ROLES as ROLE_ORDER
+    from viz.overlay import draw_legend, overlay_frame
 
     t = int(np.clip(int(t or 0), 0, session.num_frames - 1))
     frame = session.video.read([t])[0]
-    actor = session.tracks["actor"][t] if session.tracks.get("actor") is not None else None
-    target = session.tracks["target"][t] if session.tracks.get("target") is not None else None
-    image = overlay_frame(frame, actor, target)
+    masks = {r: None if session.tracks.get(r) is None else session.tracks[r][t] for r in ROLE_ORDER}
+    image = overlay_frame(frame, masks["actor"], masks["target"], legend=False)
     s = preview_scale(frame.shape[:2])
-    image = np.repeat(np.repeat(image, s, axis=0), s, axis=1)
+    # Enlarged first, then the legend, so it is sized for the picture as seen (as the Result tab's).
+    image = draw_legend(np.repeat(np.repeat(image, s, axis=0), s, axis=1),
+                        tuple(r for r in ROLE_ORDER if masks[r] is not None))  # fmt: skip
     for c in session.clicks:
         if c.frame == t:
             _mark(image, (c.x + 0.5) * s, (c.y + 0.5) * s, c.positive)
@@ -181,7 +178,7 @@ def status_markdown(session: FixSession | None) -> str:
         lines.append(f"{n}. frame {c.frame}, {c.role}, {kind} at ({c.x:.0f}, {c.y:.0f})")
     first = min(c.frame for c in session.clicks)
     lines.append(
-        f"Frames {first}..{session.num_frames - 1} were re-segmented; frames before {first} are unchanged."
+        f"\nFrames {first}..{session.num_frames - 1} were re-segmented; frames before {first} are unchanged."
     )
     return "\n".join(lines)
 
@@ -273,8 +270,9 @@ def build_fix_tab(studio, run_state, gpu=lambda fn: fn) -> dict:
         role = gr.Radio(list(ROLES), value="actor", label="Role", elem_id="fix-role")
         polarity = gr.Radio(list(POLARITIES), value=POLARITIES[0], label="Click", elem_id="fix-polarity")
     slider = gr.Slider(0, 1, value=0, step=1, label="Frame", interactive=False, elem_id="fix-frame-slider")
-    picture = gr.Image(label="Click on the frame to correct it", interactive=False, elem_id="fix-frame",
-                       height=400, buttons=[])  # fmt: skip
+    # A caption, not a label: a label is drawn over the picture's top-left corner, where the legend is.
+    gr.Markdown("**Click on the frame** to correct it (green dot: add, red dot: remove).")
+    picture = gr.Image(show_label=False, interactive=False, elem_id="fix-frame", height=400, buttons=[])
     with gr.Row():
         undo_button = gr.Button("Undo last click", elem_id="fix-undo")
         reset_button = gr.Button("Reset to the model's tracks", elem_id="fix-reset")
@@ -290,7 +288,7 @@ def build_fix_tab(studio, run_state, gpu=lambda fn: fn) -> dict:
         export_button = gr.Button("Export", variant="primary", elem_id="fix-export")
     export_note = gr.Markdown(elem_id="fix-export-note")
     downloads = gr.File(label="Corrected overlay, annotation-pipeline input (zip), InterRVOS sample (zip)",
-                        file_count="multiple", elem_id="fix-downloads")  # fmt: skip
+                        file_count="multiple", interactive=False, elem_id="fix-downloads")  # fmt: skip
 
     def loaded_for(session):
         try:
