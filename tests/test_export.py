@@ -235,3 +235,30 @@ def test_studio_export_refuses_unidirectional_without_target(tmp_path, clip):
         export(session, "unidirectional")
     files, note = export(session, "auto (from the tracks)")
     assert "**single**" in note and len(files) == 3
+
+
+def test_cli_export_applies_clicks_and_writes_both_layouts(answering_model_dir, tmp_path):
+    import json
+
+    from conftest import encode_mp4
+
+    from reviosa.cli import main
+
+    frames = np.full((6, 48, 64, 3), 90, dtype=np.uint8)
+    frames[:, 16:32, 20:36] = (220, 40, 40)
+    clip = tmp_path / "walk.mp4"
+    encode_mp4(clip, frames)
+    clicks = tmp_path / "clicks.json"
+    clicks.write_text(json.dumps([{"frame": 2, "role": "actor", "x": 5, "y": 5, "positive": True},
+                                  {"frame": 2, "role": "actor", "x": 60, "y": 44, "positive": False}]))  # fmt: skip
+    out = tmp_path / "out"
+    args = ["export", str(clip), "red circle pushing the blue square", "--out", str(out), "--clicks", str(clicks),
+            "--model", str(answering_model_dir)]  # fmt: skip
+    assert main(args) == 0
+    (sample,) = list(InterRVOSDataset(out / "interrvos", "train").samples())
+    actor = sample.actor_masks()
+    assert actor[2][5, 5] and not actor[2][44, 60] and sample.caption_type == "unidirectional"
+    (item,) = list(from_folder(out / "annotate_input"))
+    np.testing.assert_array_equal({o.obj_id: o.masks.numpy() for o in item.objects}[ACTOR_ID], actor)
+    clicks.write_text(json.dumps([{"frame": 9, "role": "actor", "x": 1, "y": 1}]))
+    assert main(args) == 2  # a click outside the clip: one clear error line, no trace
