@@ -311,11 +311,15 @@ def build_demo(studio: Studio, examples_dir=EXAMPLES_DIR) -> gr.Blocks:
 def _input_panel(studio: Studio) -> dict:
     limits = studio.limits
     # A file box, not gr.Video: Gradio's video upload accepts only video/* types, which refuses gif.
-    video = gr.File(
-        label="Clip (mp4, webm, mov, avi, mkv, gif)", file_types=VIDEO_TYPES, file_count="single",
-        elem_id="clip", height=110,
-    )  # fmt: skip
-    preview = gr.Video(label="Preview", interactive=False, visible=False, elem_id="clip-preview", height=220)
+    # Side by side, so a chosen clip's preview does not push the examples below the fold.
+    with gr.Row(equal_height=True):
+        video = gr.File(
+            label="Clip (mp4, webm, mov, avi, mkv, gif)", file_types=VIDEO_TYPES, file_count="single",
+            elem_id="clip", height=110, scale=3,
+        )  # fmt: skip
+        preview = gr.Video(
+            label="Preview", interactive=False, visible=False, elem_id="clip-preview", height=180, scale=2
+        )
     expression = gr.Textbox(
         label="Expression", placeholder="person walking a dog", max_lines=2, elem_id="expression",
         info=f"Who does what to whom; at most {limits.max_expression_chars} characters.",
@@ -346,7 +350,9 @@ def _result_panel() -> dict:
     # Captions as Markdown, not component labels: a label is drawn over the top-left corner, where
     # the overlay's legend is.
     gr.Markdown("**Overlay** (actor pink, target blue)")
-    video = gr.Video(show_label=False, interactive=False, elem_id="overlay")
+    # 360 px high like the frame view: a small clip's overlay (enlarged to 384 px) is shown about
+    # at its own size, so the legend keeps the size it was drawn at.
+    video = gr.Video(show_label=False, interactive=False, elem_id="overlay", height=360)
     slider = gr.Slider(0, 1, value=0, step=1, label="Frame", interactive=False, elem_id="frame-slider")
     frame = gr.Image(show_label=False, interactive=False, elem_id="frame", height=360)
     answer = gr.HighlightedText(

@@ -138,6 +138,11 @@ def test_examples_above_the_fold_with_whole_labels(url, page, shots):
         assert "..." not in button.inner_text() and "…" not in button.inner_text()
         assert button.evaluate("b => b.scrollWidth <= b.clientWidth + 1"), button.inner_text()
     assert examples.get_by_text("big red cross pushed by the white circle", exact=True).count() == 1
+    _pick_example(page)  # a chosen clip's preview must not push them below the fold
+    page.wait_for_function("document.querySelector('#clip-preview video')?.readyState >= 2")
+    page.screenshot(path=str(shots / "studio_picked.png"))
+    top = examples.bounding_box()["y"]
+    assert top < VIEWPORT["height"] - 150, f"examples start {top:.0f} px down with a clip chosen"
 
 
 @pytest.mark.parametrize("builder", ["rgba_gif", "avi"])
