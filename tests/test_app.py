@@ -141,17 +141,26 @@ def test_examples_are_committed_small_and_regenerated(tmp_path):
     assert all(VideoFile(p).num_frames >= 24 for p in paths)
 
 
-def test_synthetic_expressions_are_the_worlds_own():
-    """The example expressions are ones the synthetic world writes for those clips (guards against drift)."""
+def test_synthetic_examples_are_drawn_by_the_rule():
+    """The examples are draw_synthetic's (first test clip of each caption type, seed 0), not chosen."""
     from reviosa.data.synth import WorldConfig, make_clip
+    from studio.examples import CAPTION_TYPES, draw_synthetic
 
-    kinds = set()
-    for clip in SYNTHETIC:
-        record, _info = make_clip(clip.seed, clip.split, clip.index, WorldConfig(size=128, frames=(24, 32)))
-        written = {e.text: e.caption_type for e in record.expressions}
-        assert set(clip.expressions) <= set(written), clip.file
-        kinds |= {written[text] for text in clip.expressions}
-    assert {"single", "unidirectional"} <= kinds  # actor-only and actor + target cases
+    assert draw_synthetic() == SYNTHETIC
+    for drawn in (SYNTHETIC, draw_synthetic(seed=3)):  # another seed: the rule scans further
+        kinds = set()
+        for clip in drawn:
+            record, _info = make_clip(
+                clip.seed, clip.split, clip.index, WorldConfig(size=128, frames=(24, 32))
+            )
+            written = [(e.caption_type, e.text) for e in record.expressions]
+            texts = dict((text, kind) for kind, text in written)
+            assert set(clip.expressions) <= set(texts), clip.file
+            for text in clip.expressions:  # the first of its kind in its clip (or the passive second)
+                same = [t for k, t in written if k == texts[text]]
+                assert text in same[: 2 if texts[text] == "unidirectional" else 1]
+            kinds |= {texts[text] for text in clip.expressions}
+        assert kinds == set(CAPTION_TYPES)  # every kind, actor-only and actor + target included
 
 
 # --- service and callbacks ---------------------------------------------------------------------------
