@@ -89,7 +89,7 @@ def _note(page) -> str:
 
 def test_head_scores_table_heatmap_pickers_and_downloads(url, page, shots):
     page.goto(url)
-    page.get_by_text(EXPRESSION).first.click()
+    page.locator("#examples-synthetic").get_by_text(EXPRESSION, exact=True).first.click()
     sync_api.expect(page.locator("#expression textarea")).to_have_value(EXPRESSION)
     page.locator("#run").click()
     page.wait_for_function("document.querySelector('#overlay video')?.readyState >= 2")
