@@ -15,13 +15,17 @@ import argparse
 import logging
 import os
 import shutil
+import tempfile
+from pathlib import Path
 
 import gradio as gr
 import numpy as np
 import torch
 
-from studio import views
+from studio import head_scores, views
 from studio.bootstrap import ensure_sam2
+from studio.compare import build_compare_tab
+from studio.correct import build_fix_tab
 from studio.examples import EXAMPLES_DIR, ensure_synthetic, list_examples
 from studio.limits import Limits, add_limit_arguments, limits_from_args
 from studio.service import (
@@ -30,6 +34,7 @@ from studio.service import (
     ModelRegistry,
     RunOptions,
     UserError,
+    browser_preview,
     run_request,
 )
 from viz.overlay import ACTOR_COLOR, TARGET_COLOR
@@ -37,7 +42,9 @@ from viz.overlay import ACTOR_COLOR, TARGET_COLOR
 logger = logging.getLogger("reviosa.studio")
 
 MODEL_DEFAULT = "model default"
-VIDEO_TYPES = [".mp4", ".webm", ".mov", ".avi", ".gif", ".mkv"]
+# What the upload box accepts (by extension: a gif is image/gif, which a video/* filter refuses).
+VIDEO_TYPES = [".mp4", ".m4v", ".webm", ".mov", ".avi", ".mkv", ".gif"]
+RESULT_OUTPUTS = 7  # state + the Result tab's six outputs
 
 
 def _gpu(fn):
@@ -102,12 +109,47 @@ class Studio:
         return (
             result,
             str(result.overlay_mp4),
-            gr.Slider(minimum=0, maximum=max(1, result.num_frames - 1), value=0, step=1, interactive=True),
+            # A 1-frame clip gets no slider (a 0-1 slider would offer a frame that does not exist).
+            gr.Slider(
+                minimum=0,
+                maximum=max(1, result.num_frames - 1),
+                value=0,
+                step=1,
+                interactive=True,
+                visible=result.num_frames > 1,
+            ),  # fmt: skip
             str(result.frame_paths[0]),
             result.token_spans,
             views.summary_markdown(result),
             result.downloads,
         )
+
+    def segment_in_page(self, *args, progress=gr.Progress()):  # noqa: B008 (as segment)
+        """The page's Segment button: an error goes to the message area and the last good result stays.
+
+        (Raising would paint every output panel "Error"; API clients call ``segment``, which raises.)
+        """
+        try:
+            return (*self.segment(*args, progress=progress), "")
+        except gr.Error as err:
+            return (*[gr.skip()] * RESULT_OUTPUTS, error_markdown(err.title, err.message))
+
+    def preview(self, previous_dir, clip):
+        """A preview the browser can play of the chosen clip (avi, gif... transcoded to H.264 mp4)."""
+        _remove(previous_dir)
+        if not clip:
+            return None, gr.update(value=None, visible=False), ""
+        out_dir = Path(tempfile.mkdtemp(prefix="reviosa-preview-"))
+        try:
+            video = browser_preview(clip, self.limits, out_dir)
+        except UserError as err:
+            _remove(out_dir)
+            return (
+                None,
+                gr.update(value=None, visible=False),
+                error_markdown("Cannot read this clip", str(err)),
+            )
+        return out_dir, gr.update(value=str(video), visible=True), ""
 
     def _forcing(self, loaded):
         if self.forced_answer is None:
@@ -124,31 +166,53 @@ class Studio:
 
     # --- attention tab ------------------------------------------------------------------------------
 
-    def attention_controls(self, result):
-        """Reset the pickers to what this run captured (supervised layer by default)."""
+    def attention_controls(self, result, layer, head):
+        """The pickers for what this run captured, keeping the user's layer and head when it has them."""
         view = None if result is None else result.attention
         if view is None:
             return gr.Dropdown(), gr.Dropdown(), gr.Slider()
-        layers, default = views.layer_choices(view)
+        layers, heads, k = views.layer_choices(view), views.head_choices(view), len(view.keyframes)
         return (
-            gr.Dropdown(choices=layers, value=default),
-            gr.Dropdown(choices=views.head_choices(view), value=views.ALL),
-            gr.Slider(minimum=0, maximum=max(1, len(view.keyframes) - 1), value=0, step=1),
+            gr.Dropdown(choices=layers, value=views.kept_pick(layers, layer)),
+            gr.Dropdown(choices=heads, value=views.kept_pick(heads, head)),
+            gr.Slider(minimum=0, maximum=max(1, k - 1), value=0, step=1, visible=k > 1),
         )
 
     def draw_attention(self, result, role, layer, head, keyframe):
         view = None if result is None else result.attention
         try:
             pics = views.attention_pictures(view, role, layer, head, int(keyframe or 0))
-        except ValueError as err:  # a stale pick from an earlier run
+        except (
+            ValueError
+        ) as err:  # a stale pick from an earlier run (API clients only: the page keeps picks valid)
             raise gr.Error(f"{err}. Pick another layer or head.", print_exception=False) from err
-        return pics.grid, pics.strip, pics.layer_chart, pics.head_chart, pics.note
+        return pics.grid, pics.strip, pics.layer_chart, pics.head_chart, pics.note, pics.heading
+
+    def head_score_controls(self, result, pick):
+        choices = head_scores.keyframe_choices(result)
+        return gr.Dropdown(choices=choices, value=pick if pick in choices else head_scores.MEAN)
+
+    def draw_head_scores(self, result, role, keyframe):
+        try:
+            panel = head_scores.head_scores_panel(result, role, keyframe)
+        except ValueError as err:  # a stale keyframe pick (API clients only)
+            raise gr.Error(f"{err}.", print_exception=False) from err
+        return panel.table, panel.heatmap, panel.files, panel.note
 
 
 def _discard(previous) -> None:
     """Remove the previous run's folder: Gradio has already copied what it served into its cache."""
     if previous is not None:
         shutil.rmtree(previous.out_dir, ignore_errors=True)
+
+
+def _remove(folder) -> None:
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def error_markdown(title: str | None, message: str) -> str:
+    return f"⚠️ **{title or 'Error'}:** {message}"
 
 
 # --- layout --------------------------------------------------------------------------------------------
@@ -164,36 +228,64 @@ random model). Every panel works, but answers are noise and usually nothing is s
 studio with `--model FOLDER_OR_HUB_ID` or type a model below for real results."""
 
 
+# Passed to launch() (Gradio 6 takes CSS there). Example buttons show their whole label (Gradio cuts
+# long ones with "..."); the image toolbars go above the pictures, not over their top-right labels.
+CSS = """
+#examples-synthetic button, #examples-real button { white-space: normal !important; max-width: none !important;
+  text-overflow: clip !important; overflow: visible !important; height: auto !important; text-align: left; }
+#examples-synthetic button *, #examples-real button * { white-space: normal !important;
+  text-overflow: clip !important; overflow: visible !important; }
+#heatmap-grid img, #keyframe-strip img { object-fit: contain; max-width: 100%; height: auto; }
+"""
+
+
 def build_demo(studio: Studio, examples_dir=EXAMPLES_DIR) -> gr.Blocks:
     limits = studio.limits
     with gr.Blocks(title="ReVIOSa Studio", delete_cache=(3600, 3600)) as demo:
         state = gr.State(None, delete_callback=_discard)
+        preview_dir = gr.State(None, delete_callback=_remove)
         gr.Markdown(INTRO.format(actor=_hex(ACTOR_COLOR), target=_hex(TARGET_COLOR)))
         if studio.registry.default_is_demo():
             gr.Markdown(DEMO_NOTICE, elem_id="demo-notice")
         with gr.Row():
             with gr.Column(scale=2):
                 inputs = _input_panel(studio)
+                # Right under the inputs, so they are on screen without scrolling (1400x1000).
+                _examples_panel(inputs, examples_dir)
             with gr.Column(scale=3), gr.Tabs():
                 with gr.Tab("Result"):
                     result_out = _result_panel()
                 with gr.Tab("Attention"):
                     attn = _attention_panel()
-        _examples_panel(inputs, examples_dir)
+                with gr.Tab("Compare"):
+                    build_compare_tab(studio, inputs, _gpu)
+                with gr.Tab("Fix & export"):
+                    fix = build_fix_tab(studio, state, _gpu)
 
+        run_inputs = [state, inputs["video"], inputs["expression"], inputs["model"], *inputs["advanced"]]
+        run_outputs = [state, *result_out["outputs"]]
+        inputs["video"].change(
+            studio.preview, [preview_dir, inputs["video"]], [preview_dir, inputs["preview"], inputs["message"]],
+            api_visibility="private",
+        )  # fmt: skip
         run = inputs["run"].click(
-            studio.segment,
-            [state, inputs["video"], inputs["expression"], inputs["model"], *inputs["advanced"]],
-            [state, *result_out["outputs"]],
-            api_name="segment",
-            concurrency_id="model",
+            studio.segment_in_page, run_inputs, [*run_outputs, inputs["message"]],
+            api_visibility="private", concurrency_id="model",
+        )  # fmt: skip
+        # API clients get errors as errors: the same run, raising, behind a button the page does not show.
+        inputs["api_run"].click(
+            studio.segment, run_inputs, run_outputs, api_name="segment", concurrency_id="model"
         )
+        fix["follow"](run)  # after a page run, the Fix & export tab shows its first frame
         attn_inputs = [state, attn["role"], attn["layer"], attn["head"], attn["keyframe"]]
         attn_outputs = attn["outputs"]
         controls = [attn["layer"], attn["head"], attn["keyframe"]]
-        run.success(studio.attention_controls, [state], controls, api_visibility="private").success(
-            studio.draw_attention, attn_inputs, attn_outputs, api_visibility="private"
-        )
+        run.success(
+            studio.attention_controls,
+            [state, attn["layer"], attn["head"]],
+            controls,
+            api_visibility="private",
+        ).success(studio.draw_attention, attn_inputs, attn_outputs, api_visibility="private")
         result_out["slider"].input(
             studio.show_frame, [state, result_out["slider"]], [result_out["frame"]], api_name="frame"
         )
@@ -202,13 +294,32 @@ def build_demo(studio: Studio, examples_dir=EXAMPLES_DIR) -> gr.Blocks:
             [attn[name].input for name in ("role", "layer", "head", "keyframe")],
             studio.draw_attention, attn_inputs, attn_outputs, api_name="attention",
         )  # fmt: skip
+        scores = attn["scores"]
+        score_inputs = [state, attn["role"], scores["keyframe"]]
+        run.success(
+            studio.head_score_controls,
+            [state, scores["keyframe"]],
+            [scores["keyframe"]],
+            api_visibility="private",
+        ).success(studio.draw_head_scores, score_inputs, scores["outputs"], api_visibility="private")
+        gr.on([attn["role"].input, scores["keyframe"].input], studio.draw_head_scores, score_inputs,
+              scores["outputs"], api_name="head_scores")  # fmt: skip
     demo.queue(default_concurrency_limit=limits.concurrency, max_size=64)
     return demo
 
 
 def _input_panel(studio: Studio) -> dict:
     limits = studio.limits
-    video = gr.Video(label="Clip (mp4, webm, mov, avi, gif)", sources=["upload"], elem_id="clip")
+    # A file box, not gr.Video: Gradio's video upload accepts only video/* types, which refuses gif.
+    # Side by side, so a chosen clip's preview does not push the examples below the fold.
+    with gr.Row(equal_height=True):
+        video = gr.File(
+            label="Clip (mp4, webm, mov, avi, mkv, gif)", file_types=VIDEO_TYPES, file_count="single",
+            elem_id="clip", height=110, scale=3,
+        )  # fmt: skip
+        preview = gr.Video(
+            label="Preview", interactive=False, visible=False, elem_id="clip-preview", height=180, scale=2
+        )
     expression = gr.Textbox(
         label="Expression", placeholder="person walking a dog", max_lines=2, elem_id="expression",
         info=f"Who does what to whom; at most {limits.max_expression_chars} characters.",
@@ -227,14 +338,23 @@ def _input_panel(studio: Studio) -> dict:
         max_side = gr.Slider(64, limits.max_side, value=limits.max_side, step=2, label="Resolution cap (px)",
                              info="frames are downscaled so the longer side fits")  # fmt: skip
     run = gr.Button("Segment", variant="primary", elem_id="run")
-    return {"video": video, "expression": expression, "model": model, "run": run,
+    api_run = gr.Button("Segment (API)", visible=False)
+    # Errors land here; the panels keep the last good result.
+    message = gr.Markdown(elem_id="message")
+    return {"video": video, "preview": preview, "expression": expression, "model": model, "run": run,
+            "api_run": api_run, "message": message,
             "advanced": [keyframes, strategy, stride, max_frames, max_side]}  # fmt: skip
 
 
 def _result_panel() -> dict:
-    video = gr.Video(label="Overlay", interactive=False, elem_id="overlay")
+    # Captions as Markdown, not component labels: a label is drawn over the top-left corner, where
+    # the overlay's legend is.
+    gr.Markdown("**Overlay** (actor pink, target blue)")
+    # 360 px high like the frame view: a small clip's overlay (enlarged to 384 px) is shown about
+    # at its own size, so the legend keeps the size it was drawn at.
+    video = gr.Video(show_label=False, interactive=False, elem_id="overlay", height=360)
     slider = gr.Slider(0, 1, value=0, step=1, label="Frame", interactive=False, elem_id="frame-slider")
-    frame = gr.Image(label="Overlay at this frame", interactive=False, elem_id="frame", height=360)
+    frame = gr.Image(show_label=False, interactive=False, elem_id="frame", height=360)
     answer = gr.HighlightedText(
         label="Answer (the tokens the model emitted; role tokens coloured)", elem_id="answer",
         color_map={"actor": _hex(ACTOR_COLOR), "target": _hex(TARGET_COLOR)}, show_legend=True,
@@ -249,33 +369,52 @@ def _result_panel() -> dict:
 def _attention_panel() -> dict:
     with gr.Row():
         role = gr.Radio(list(views.ROLE_NAMES), value="actor", label="Role")
-        layer = gr.Dropdown([views.ALL], value=views.ALL, label="Layer")
-        head = gr.Dropdown([views.ALL], value=views.ALL, label="Head")
+        layer = gr.Dropdown([views.ALL], value=views.ALL, label="Layer", elem_id="layer-pick")
+        head = gr.Dropdown([views.ALL], value=views.ALL, label="Head", elem_id="head-pick")
         keyframe = gr.Slider(0, 1, value=0, step=1, label="Keyframe")
     note = gr.Markdown()
     # Captions as Markdown: a Gradio image label is drawn over the image's top-left corner, where the
-    # grid's first head label and the charts' titles are.
-    gr.Markdown("**Heatmaps**: layers (rows) x heads (columns) on one keyframe")
-    grid = gr.Image(show_label=False, interactive=False, elem_id="heatmap-grid")
+    # grid's first head label and the charts' titles are. The heading follows the layer / head picks.
+    heading = gr.Markdown(views.GRID_HEADING, elem_id="grid-heading")
+    # No toolbar: its buttons sit over the top-right tile's label.
+    grid = gr.Image(show_label=False, interactive=False, elem_id="heatmap-grid", buttons=[])
+    scores = _head_scores_panel()
     gr.Markdown("**Across the keyframes**: the chosen layer and head(s) on one scale")
-    strip = gr.Image(show_label=False, interactive=False, elem_id="keyframe-strip")
+    strip = gr.Image(show_label=False, interactive=False, elem_id="keyframe-strip", buttons=[])
     gr.Markdown("**Figure 6**: how much of each token's attention lands on the video")
     with gr.Row():
         layer_chart = gr.Image(show_label=False, interactive=False, elem_id="layer-chart")
         head_chart = gr.Image(show_label=False, interactive=False, elem_id="head-chart")
-    return {"role": role, "layer": layer, "head": head, "keyframe": keyframe,
-            "outputs": [grid, strip, layer_chart, head_chart, note]}  # fmt: skip
+    return {"role": role, "layer": layer, "head": head, "keyframe": keyframe, "scores": scores,
+            "outputs": [grid, strip, layer_chart, head_chart, note, heading]}  # fmt: skip
+
+
+def _head_scores_panel() -> dict:
+    gr.Markdown("**Head scores**: where each head's attention on the video lands, per layer and head")
+    with gr.Row():
+        # Custom values: API clients name a keyframe of their run, which the page's choices do not know.
+        keyframe = gr.Dropdown([head_scores.MEAN], value=head_scores.MEAN, label="Head scores on",
+                               allow_custom_value=True, elem_id="score-keyframe")  # fmt: skip
+        files = gr.File(label="Head scores (CSV, JSON): all roles and keyframes", file_count="multiple",
+                        interactive=False, elem_id="score-files")  # fmt: skip
+    heatmap = gr.Image(show_label=False, interactive=False, elem_id="head-scores-map", buttons=[])
+    table = gr.Dataframe(headers=list(head_scores.TABLE_COLUMNS), datatype=head_scores.TABLE_TYPES,
+                         interactive=False, max_height=420, elem_id="head-scores-table")  # fmt: skip
+    note = gr.Markdown(elem_id="head-scores-note")
+    return {"keyframe": keyframe, "outputs": [table, heatmap, files, note]}
 
 
 def _examples_panel(inputs: dict, examples_dir) -> None:
     rows = list_examples(examples_dir)
     fields = [inputs["video"], inputs["expression"]]
-    for real, label in ((False, "Examples: synthetic clips (the built-in model handles these)"),
-                        (True, "Examples: real clips (need real weights, e.g. ReVIOSa-1B)")):  # fmt: skip
+    for real, elem_id, label in (
+        (False, "examples-synthetic", "Examples: synthetic clips (the built-in model handles these)"),
+        (True, "examples-real", "Examples: real clips (need real weights, e.g. ReVIOSa-1B)"),
+    ):
         chosen = [r for r in rows if r.needs_real_weights == real]
         if chosen:
             gr.Examples(
-                [[str(r.path), r.expression] for r in chosen], fields, label=label,
+                [[str(r.path), r.expression] for r in chosen], fields, label=label, elem_id=elem_id,
                 example_labels=[r.label for r in chosen], cache_examples=False,
             )  # fmt: skip
 
@@ -312,7 +451,7 @@ def main(argv: list[str] | None = None) -> None:
     limits = limits_from_args(args)
     demo.launch(
         server_name=args.host, server_port=args.port, share=args.share,
-        max_file_size=limits.max_upload_bytes, show_error=True,
+        max_file_size=limits.max_upload_bytes, show_error=True, css=CSS,
     )  # fmt: skip
 
 

@@ -43,11 +43,57 @@ class VideoLimits:
     max_side: int | None = None  # downscale so that max(H, W) <= max_side
 
 
+# What to do, worded for any interface (the CLI must not say "upload"; the studio adds that itself).
+_AGAIN = "Export or copy the clip again from its source."
+_CHOOSE = "Choose a video file: mp4, webm, mov, avi, mkv or gif."
+_REENCODE = "Re-encode it as H.264 mp4, e.g. ffmpeg -i IN -c:v libx264 -pix_fmt yuv420p OUT.mp4."
+# First bytes of the containers accepted: a file that starts like one but cannot be read is damaged
+# or cut short, not "not a video". (offset, bytes).
+_SIGNATURES = {
+    "mp4/mov": [(4, b"ftyp"), (4, b"moov"), (4, b"mdat"), (4, b"free"), (4, b"wide"), (4, b"skip")],
+    "webm/mkv": [(0, b"\x1a\x45\xdf\xa3")],
+    "avi": [(0, b"RIFF")],
+    "gif": [(0, b"GIF87a"), (0, b"GIF89a")],
+}
+
+
+class VideoError(ValueError):
+    """A file that cannot be used as a video. ``kind``: empty, not_video, truncated, codec, no_video,
+    no_frames; the message names the file (never its folder) and says what to do."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+
+
+def _container_of(path: Path) -> str | None:
+    """The container the file's first bytes announce, or None."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    for name, marks in _SIGNATURES.items():
+        if any(head[offset : offset + len(mark)] == mark for offset, mark in marks):
+            return name
+    return None
+
+
+def _undecodable(path: Path) -> VideoError:
+    kind = _container_of(path)
+    if kind is None:
+        return VideoError(
+            "not_video", f"{path.name} is not a video: its contents are no video format. {_CHOOSE}"
+        )
+    return VideoError(
+        "truncated",
+        f"{path.name} starts like a video file ({kind}) but cannot be read: it is truncated or damaged "
+        f"(an interrupted download or copy?). {_AGAIN}",
+    )
+
+
 class VideoFile:
     """A video file read lazily with PyAV (mp4, webm, mov, avi, mkv, gif...).
 
     Opening validates the file and counts its frames by demuxing, decoding only the first frame.
-    Raises FileNotFoundError / ValueError with what to do.
+    Raises FileNotFoundError, or `VideoError` (a ValueError) saying what is wrong and what to do.
     """
 
     def __init__(self, path: str | Path, limits: VideoLimits | None = None):
@@ -57,24 +103,31 @@ class VideoFile:
             raise FileNotFoundError(f"video not found: {self.path}")
         import av
 
+        name = self.path.name
+        if self.path.stat().st_size == 0:
+            raise VideoError("empty", f"{name} is an empty file (0 bytes). {_AGAIN}")
         try:
             with av.open(str(self.path)) as container:
                 if not container.streams.video:
-                    raise ValueError(
-                        f"{self.path.name} has no video stream; upload a video file (mp4, webm...)"
-                    )
+                    raise VideoError("no_video", f"{name} holds no video stream (sound only?). {_CHOOSE}")
                 stream = container.streams.video[0]
+                if stream.codec_context is None:
+                    raise VideoError(
+                        "codec", f"{name} uses a video codec this machine cannot decode. {_REENCODE}"
+                    )
                 rate = stream.average_rate or stream.guessed_rate or 25
                 self.fps_source = float(rate)
                 self.source_size = (stream.codec_context.height, stream.codec_context.width)
                 total = self._count_frames(container)
-        except av.error.FFmpegError as err:
-            raise ValueError(
-                f"{self.path.name} is not a video that can be decoded ({err}); "
-                "upload an mp4, webm, mov, avi or gif file"
+        except av.error.DecoderNotFoundError as err:
+            raise VideoError(
+                "codec", f"{name} uses a video codec this machine cannot decode. {_REENCODE}"
             ) from err
+        except av.error.FFmpegError as err:
+            # FFmpeg's own text names the path and an errno: neither helps, and a server path must not leak.
+            raise _undecodable(self.path) from err
         if total == 0:
-            raise ValueError(f"{self.path.name} contains no video frames")
+            raise VideoError("no_frames", f"{name} contains no video frames. {_AGAIN}")
         self.source_frames = total
         stride = max(1, self.limits.stride)
         if self.limits.max_frames and -(-total // stride) > self.limits.max_frames:
@@ -98,6 +151,14 @@ class VideoFile:
         that demuxes but cannot be decoded fails here, with the clear message, not mid-request."""
         stream = container.streams.video[0]
         count = sum(1 for packet in container.demux(stream) if packet.size > 0)
+        # An mp4/mov index is exact; fewer packets than it lists means the file was cut short (its
+        # index at the front, as "faststart" files have it, survives a cut download).
+        if "mp4" in container.format.name and stream.frames > count:
+            raise VideoError(
+                "truncated",
+                f"{self.path.name} is truncated: its index lists {stream.frames} frames, but only "
+                f"{count} are in the file (an interrupted download or copy?). {_AGAIN}",
+            )
         if count:
             container.seek(0)
             next(iter(container.decode(stream)), None)
@@ -127,10 +188,15 @@ class VideoFile:
     def _decode(self) -> Iterator[tuple[int, object]]:
         import av
 
-        with av.open(str(self.path)) as container:
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            yield from enumerate(container.decode(stream))
+        try:
+            with av.open(str(self.path)) as container:
+                stream = container.streams.video[0]
+                stream.thread_type = "AUTO"
+                yield from enumerate(container.decode(stream))
+        except av.error.FFmpegError as err:  # damaged past the frames checked on opening
+            raise VideoError(
+                "truncated", f"{self.path.name} is damaged part-way through and cannot be decoded. {_AGAIN}"
+            ) from err
 
     def _convert(self, frame) -> np.ndarray:
         h, w = self.size

