@@ -60,6 +60,12 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError('give the expression after the video, e.g. predict clip.mp4 "person walking a dog"')
     if args.dataset:
         return _predict_dataset(_load_model(args), args)
+    from reviosa import distributed
+
+    if distributed.world_from_env().distributed:
+        raise ValueError(
+            "torchrun shares the videos of --dataset among processes; run one video in one process"
+        )
     from reviosa.processor import clean_expression
 
     # Input is checked before the model loads, so a bad clip or expression fails in a second.
@@ -83,10 +89,6 @@ def _rank_device(args) -> str:
     from reviosa import distributed
 
     world = distributed.world_from_env()
-    if world.distributed and not args.dataset:
-        raise ValueError(
-            "torchrun shares the videos of --dataset among processes; run one video in one process"
-        )
     device = distributed.device_for(args.device, world)
     if device.startswith("cuda:"):
         if int(device.split(":")[1]) >= torch.cuda.device_count():
