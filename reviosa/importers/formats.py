@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from reviosa import protocol
 from reviosa.config import CONFIG_NAME, SamConfig
 from reviosa.hub import CheckpointError, check_state
 from reviosa.importers import keymaps, sources, vocab
@@ -155,6 +156,8 @@ def load_foreign(
     config = sources.derive_config(
         foreign_config, state[vocab.EMBED].shape[0], sam_config, fmt.family, directory.name
     )
+    # The reference's inference protocol travels with the imported model (docs/checkpoints.md).
+    config = protocol.with_protocol(config, protocol.FORMAT_PROTOCOLS[name])
     with parameters_on_meta():
         model = ReviosaModel(config, tokenizer)
     if fmt.sam_prefix is None:
