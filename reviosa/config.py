@@ -112,6 +112,10 @@ class ProcessorConfig:
     # Resize of a uint8 keyframe to vision.image_size: "torch_bicubic" (torch bicubic with
     # antialias) or "pil_bicubic" (PIL bicubic on uint8, as the references do).
     resize: Literal["torch_bicubic", "pil_bicubic"] = "torch_bicubic"
+    # Still images only (videos are never tiled): at most this many vision.image_size tiles in the
+    # grid nearest the image's aspect ratio, plus a thumbnail when there are several (InternVL's
+    # dynamic preprocessing; the references use 12). 1: the image is one frame, as our models train.
+    max_image_tiles: int = 1
     # Longest expression accepted, in characters; longer input is rejected with a clear error.
     max_expression_chars: int = 500
     # ImageNet statistics: InternViT normalises with them.
@@ -169,6 +173,8 @@ class ReviosaConfig:
             raise ValueError(f"sam.image_size {self.sam.image_size} must be a multiple of 32")
         if self.processor.num_keyframes < 1:
             raise ValueError("processor.num_keyframes must be at least 1")
+        if self.processor.max_image_tiles < 1:
+            raise ValueError("processor.max_image_tiles must be at least 1")
         from reviosa.protocol import check  # the protocol module reads these classes
 
         check(self)

@@ -24,7 +24,7 @@ from reviosa.config import ProcessorConfig, ReviosaConfig, SamConfig
 # Fields of each section that belong to the protocol (the rest is geometry or training).
 PROCESSOR_FIELDS = (
     "num_keyframes", "keyframe_strategy", "instruction", "prompt_encoding", "expression_lowercase",
-    "expression_remove", "resize", "max_new_tokens",
+    "expression_remove", "resize", "max_new_tokens", "max_image_tiles",
 )  # fmt: skip
 SAM_FIELDS = ("resize", "multimask_prompted", "object_score_overwrite", "mask_upsample", "memory_dtype")
 
@@ -37,10 +37,11 @@ _OURS_SAM = {f: getattr(SamConfig(), f) for f in SAM_FIELDS}
 # PIL bicubic to 448 (:568) and to 1024 (:549), 2048 new tokens; its vendored sam2.py decodes
 # multimask and keeps the best predicted IoU (:3321-3330), has the object-score overwrite commented
 # out (:3306-3313), upsamples 256 -> 1024 -> H x W, and stores memory features in bf16 (:3535).
+# Still images: dynamic tiling, 1 to 12 tiles of 448 + a thumbnail (:553-557, :655-657).
 _REFERENCE_PROCESSOR = {
     "num_keyframes": 5, "keyframe_strategy": "first", "instruction": "Please segment {expression}.",
     "prompt_encoding": "whole", "expression_lowercase": False, "expression_remove": "",
-    "resize": "pil_bicubic", "max_new_tokens": 2048,
+    "resize": "pil_bicubic", "max_new_tokens": 2048, "max_image_tiles": 12,
 }  # fmt: skip
 _REFERENCE_SAM = {
     "resize": "pil_bicubic", "multimask_prompted": True, "object_score_overwrite": False,
