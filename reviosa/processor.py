@@ -118,8 +118,12 @@ class ReviosaProcessor:
         """User text, where nothing may become a control token."""
         return self.tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True)
 
-    def prompt_ids(self, expression: str, num_frames: int) -> list[int]:
-        """Token ids of the whole prompt up to and including the assistant header."""
+    def prompt_ids(self, expression: str, num_frames: int, tiles: int = 1) -> list[int]:
+        """Token ids of the whole prompt up to and including the assistant header.
+
+        tiles: images in each frame's block (a tiled still image: its tiles and thumbnail, all in
+        one ``<img>...</img>`` block, as the references build it).
+        """
         expression = clean_expression(expression, self.cfg.max_expression_chars)
         before, after = self.cfg.instruction.split("{expression}")
         ids: list[int] = []
@@ -129,7 +133,7 @@ class ReviosaProcessor:
             ids += self._encode_control(f"{tokens.IM_END}\n")
         ids += self._encode_control(f"{tokens.IM_START}user\n")
         newline = self._encode_control("\n")
-        image_block = [self.ids.img_start] + [self.ids.img_context] * self.config.tokens_per_frame
+        image_block = [self.ids.img_start] + [self.ids.img_context] * (self.config.tokens_per_frame * tiles)
         for _ in range(num_frames):
             ids += image_block + [self.ids.img_end] + newline
         ids += self._encode_user(before) + self._encode_user(expression) + self._encode_user(after)

@@ -37,7 +37,7 @@ _OURS_SAM = {f: getattr(SamConfig(), f) for f in SAM_FIELDS}
 # PIL bicubic to 448 (:568) and to 1024 (:549), 2048 new tokens; its vendored sam2.py decodes
 # multimask and keeps the best predicted IoU (:3321-3330), has the object-score overwrite commented
 # out (:3306-3313), upsamples 256 -> 1024 -> H x W, and stores memory features in bf16 (:3535).
-# Still images: dynamic tiling, 1 to 12 tiles of 448 + a thumbnail (:553-557, :655-657).
+# Still images: dynamic tiling, 1 to 12 tiles of 448 + a thumbnail (:551-555, :655-657).
 _REFERENCE_PROCESSOR = {
     "num_keyframes": 5, "keyframe_strategy": "first", "instruction": "Please segment {expression}.",
     "prompt_encoding": "whole", "expression_lowercase": False, "expression_remove": "",
