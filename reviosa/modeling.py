@@ -39,6 +39,7 @@ from transformers.models.internvl.configuration_internvl import InternVLVisionCo
 
 from reviosa import sam as sam_ops
 from reviosa.config import ReviosaConfig
+from reviosa.image import tile_image
 from reviosa.processor import ReviosaProcessor, add_role_tokens, keyframe_indices
 from reviosa.video import FrameSource, MaskTrack
 
@@ -350,13 +351,14 @@ class ReviosaModel(nn.Module):
         )
         report("decoding keyframes", 0.0)
         key_frames = video.read(keyframes)  # (K, H, W, 3)
-        prompts = [self.processor.prompt_ids(e, len(keyframes)) for e in expressions]
+        mllm_frames, tiles = self._mllm_images(video, key_frames)
+        prompts = [self.processor.prompt_ids(e, len(keyframes), tiles) for e in expressions]
         timings["prepare"] = time.perf_counter() - t0
 
         report("MLLM: generating the answers", 0.1)
         t0 = time.perf_counter()
         answers, positions, role_prompts, attention = self._answer_and_prompt(
-            prompts, key_frames, capture_attention, logits_processor
+            prompts, mllm_frames, capture_attention, logits_processor
         )
         timings["mllm"] = time.perf_counter() - t0
 
@@ -371,6 +373,18 @@ class ReviosaModel(nn.Module):
             )
             for e, expr in enumerate(expressions)
         ]
+
+    def _mllm_images(self, video: FrameSource, key_frames: np.ndarray) -> tuple[np.ndarray, int]:
+        """What the MLLM sees, uint8 (N, H, W, 3), and the images per frame block.
+
+        A still image (``video.still``) is tiled when ``processor.max_image_tiles`` > 1, as the
+        references tile stills (`reviosa.image`); SAM2 still decodes the one image. Videos: the keyframes.
+        """
+        max_tiles = self.config.processor.max_image_tiles
+        if not getattr(video, "still", False) or max_tiles <= 1:
+            return key_frames, 1
+        tiles = tile_image(key_frames[0], max_tiles, self.config.vision.image_size)
+        return tiles, len(tiles)
 
     def _answer_and_prompt(self, prompts, key_frames: np.ndarray, capture_attention: bool, logits_processor):
         batch = self.processor.batch_prompts(prompts)
