@@ -1,7 +1,7 @@
 """``python -m reviosa predict``: one video and one expression, or every expression of a dataset.
 
-python -m reviosa predict VIDEO "expression" [--model M] [--out DIR]
-    -> DIR/actor/00000.png ..., DIR/target/..., DIR/results.json
+python -m reviosa predict VIDEO|IMAGE "expression" [--model M] [--out DIR]
+    -> DIR/actor/00000.png ..., DIR/target/..., DIR/results.json (an image: one frame)
 python -m reviosa predict --dataset DIR [--split S] --out RESULTS.json
     -> the results JSON of every expression (resumable: finished expressions are skipped)
 """
@@ -12,7 +12,9 @@ import argparse
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("video", nargs="?", help="a video file (mp4, webm, mov, avi, gif...)")
+    p.add_argument(
+        "video", nargs="?", help="a video (mp4, webm, mov, avi, gif...) or an image (jpg, png, webp)"
+    )
     p.add_argument("expression", nargs="?", help='what to segment, e.g. "person walking a dog"')
     p.add_argument("--dataset", help="a dataset in the InterRVOS / MeViS layout (instead of VIDEO)")
     p.add_argument("--split", help="split folder inside --dataset (e.g. valid, test)")
@@ -51,9 +53,11 @@ def _predict_video(model, args) -> int:
     from pathlib import Path
 
     from reviosa import results
-    from reviosa.video import VideoFile, VideoLimits
+    from reviosa.image import open_media
+    from reviosa.video import VideoLimits
 
-    video = VideoFile(
+    # A jpg / png / webp is a one-frame clip (tiled for the MLLM if the model's protocol says so).
+    video = open_media(
         args.video, VideoLimits(max_frames=args.max_frames, stride=args.stride, max_side=args.max_side)
     )
     (pred,) = model.segment(video, [args.expression], **_keyframe_options(args))
