@@ -154,8 +154,9 @@ def load_foreign(
     vocab.add_missing_role_tokens(state, tokenizer)
     foreign_config = sources.ForeignConfig(sources.read_json(directory / CONFIG_NAME))
     config = sources.derive_config(
-        foreign_config, state[vocab.EMBED].shape[0], sam_config, fmt.family, directory.name
-    )
+        foreign_config, state[vocab.EMBED].shape[0], sam_config, fmt.family, directory.name,
+        prompt_dim=sources.sam_prompt_dim(state),
+    )  # fmt: skip
     # The reference's inference protocol travels with the imported model (docs/checkpoints.md).
     config = protocol.with_protocol(config, protocol.FORMAT_PROTOCOLS[name])
     with parameters_on_meta():

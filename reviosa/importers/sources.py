@@ -329,10 +329,27 @@ def text_config(cfg: ForeignConfig, vocab_rows: int) -> TextConfig:
     )
 
 
+# A SAM2 tensor whose width is the prompt dim (the mask decoder's transformer dim), in our key names.
+SAM_PROMPT_KEY = "sam.sam_prompt_encoder.no_mask_embed.weight"
+
+
+def sam_prompt_dim(state: dict[str, torch.Tensor]) -> int:
+    """Width of SAM2's prompt space, read from the SAM2 weights (256 for released SAM2; smaller in
+    reduced test models): the prompt MLP must end there."""
+    if SAM_PROMPT_KEY not in state:
+        raise CheckpointError(f"SAM2 weights lack {SAM_PROMPT_KEY}: cannot tell SAM2's prompt width")
+    return int(state[SAM_PROMPT_KEY].shape[-1])
+
+
 def derive_config(
-    cfg: ForeignConfig, vocab_rows: int, sam: SamConfig, family: str, fallback_name: str
+    cfg: ForeignConfig,
+    vocab_rows: int,
+    sam: SamConfig,
+    family: str,
+    fallback_name: str,
+    prompt_dim: int = 256,
 ) -> ReviosaConfig:
-    """A ReviosaConfig for a foreign MLLM + the given SAM2.
+    """A ReviosaConfig for a foreign MLLM + the given SAM2 (``prompt_dim``: from `sam_prompt_dim`).
 
     Geometry equal to the 1b / 4b preset takes that preset's name suffix and attention-supervision
     layer and heads (selected for InternVL2.5-1B / -4B); any other geometry gets none (run the
@@ -355,6 +372,7 @@ def derive_config(
             _or_default(cfg.raw, "downsample_ratio", "config", CHAT_DEFAULTS["downsample_ratio"])
         ),
         projector_hidden_act="gelu",  # mlp1 = LayerNorm, Linear, nn.GELU(), Linear
+        prompt_dim=prompt_dim,
     )
     config.validate()
     return config
