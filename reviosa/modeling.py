@@ -18,6 +18,7 @@ D hidden, P prompt dim, H/W pixels, S SAM2 input size, g vision-token grid side.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import logging
 import time
@@ -37,6 +38,7 @@ from transformers import (
 )
 from transformers.models.internvl.configuration_internvl import InternVLVisionConfig
 
+from reviosa import protocol
 from reviosa import sam as sam_ops
 from reviosa.config import ReviosaConfig
 from reviosa.image import tile_image
@@ -133,6 +135,8 @@ class Prediction:
     reason: str | None = None
     attention: object | None = None  # reviosa.attention.AttentionRows for this expression (B = 1)
     timings: dict[str, float] = field(default_factory=dict)
+    # The inference protocol that ran, in one line (`reviosa.protocol.describe`), for run summaries.
+    protocol: str = ""
 
     @property
     def has_target(self) -> bool:
@@ -209,6 +213,19 @@ class ReviosaModel(nn.Module):
         self.sam = sam_ops.build_sam(config.sam)
         if self.sam.sam_prompt_embed_dim != config.prompt_dim:
             raise ValueError(f"SAM2 prompt dim {self.sam.sam_prompt_embed_dim} != config.prompt_dim")
+
+    def with_protocol(self, name: str | None = None, **switches) -> ReviosaModel:
+        """This model under another inference protocol (`reviosa.protocol.with_protocol`: a preset
+        name, "ours", "reference", and/or single switches such as ``keyframe_strategy="uniform"``).
+
+        A shallow copy: every weight and the tokenizer are shared, only the config and processor
+        are its own, so a model shared between requests is never modified.
+        """
+        config = protocol.with_protocol(self.config, name, **switches)
+        clone = copy.copy(self)
+        clone.config = config
+        clone.processor = ReviosaProcessor(self.tokenizer, config)
+        return clone
 
     # --- small accessors -------------------------------------------------------------------------
 
@@ -449,7 +466,7 @@ class ReviosaModel(nn.Module):
         # tracking any frame), then the rest is tracked from memory.
         tracker, key_outputs = None, {}
         if self.config.sam.propagation == "memory":
-            tracker = sam_ops.MemoryTracker(self.sam, video.num_frames)
+            tracker = sam_ops.MemoryTracker(self.sam, video.num_frames, self.config.sam)
             for t, frame in zip(keyframes, key_frames, strict=True):
                 out = tracker.condition(t, self._frame_features(frame, len(active)), prompt)
                 key_outputs[t] = self._frame_result(out, (h, w))
@@ -459,7 +476,10 @@ class ReviosaModel(nn.Module):
             else:
                 feats = self._frame_features(frame, len(active))
                 if tracker is None:
-                    out = sam_ops.decode_prompted(self.sam, feats, prompt)
+                    out = sam_ops.decode_prompted(
+                        self.sam, feats, prompt, multimask=self.config.sam.multimask_prompted,
+                        overwrite=self.config.sam.object_score_overwrite,
+                    )  # fmt: skip
                 else:
                     out = tracker.track(t, feats)
                 masks, probs = self._frame_result(out, (h, w))
@@ -488,12 +508,23 @@ class ReviosaModel(nn.Module):
             features.feat_sizes,
         )
 
-    @staticmethod
-    def _frame_result(out: dict, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    def _frame_result(self, out: dict, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
         """Masks at frame size, bool (N, H, W), and object-presence probabilities (N,)."""
-        logits = F.interpolate(out["pred_masks"].float(), size=size, mode="bilinear", align_corners=False)
+        logits = self.frame_logits(out["pred_masks"], size)
         probs = torch.sigmoid(out["object_score_logits"].float()).reshape(-1)
         return (logits[:, 0] > 0).cpu().numpy(), probs.cpu().numpy()
+
+    def frame_logits(self, low_res: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """SAM2's low-res logits (N, 1, S/4, S/4) at frame size (N, 1, H, W), float32.
+
+        ``sam.mask_upsample``: "direct" (one bilinear step) or "via_input" (bilinear to S x S, as
+        SAM2's video predictor returns them, then to H x W: the references' two steps).
+        """
+        x = low_res.float()
+        if self.config.sam.mask_upsample == "via_input":
+            s = self.config.sam.image_size
+            x = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False)
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
     def _prediction(
         self, e, expression, answer, positions, tracks, scores, keyframes, attention, timings, video
@@ -508,7 +539,8 @@ class ReviosaModel(nn.Module):
                 vision_mass=attention.vision_mass[e : e + 1].cpu(),
             )
         common = dict(expression=expression, answer=answer_text, answer_tokens=answer_tokens,
-                      keyframes=keyframes, attention=attn, timings=dict(timings))  # fmt: skip
+                      keyframes=keyframes, attention=attn, timings=dict(timings),
+                      protocol=protocol.describe(self.config))  # fmt: skip
         if positions[0] < 0:
             return Prediction(
                 **common,

@@ -17,7 +17,7 @@ per-switch flags (command line). `describe` is the one line the CLI and the stud
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, get_args, get_type_hints
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from reviosa.config import ProcessorConfig, ReviosaConfig, SamConfig
 
@@ -26,7 +26,10 @@ PROCESSOR_FIELDS = (
     "num_keyframes", "keyframe_strategy", "instruction", "prompt_encoding", "expression_lowercase",
     "expression_remove", "resize", "max_new_tokens", "max_image_tiles",
 )  # fmt: skip
-SAM_FIELDS = ("resize", "multimask_prompted", "object_score_overwrite", "mask_upsample", "memory_dtype")
+SAM_FIELDS = (
+    "resize", "multimask_prompted", "object_score_overwrite", "mask_upsample", "memory_dtype", "pixel_mean",
+    "pixel_std",
+)  # fmt: skip
 
 # Ours: the defaults, except the keyframe count, which each of our models sets for itself.
 _OURS_PROCESSOR = {f: getattr(ProcessorConfig(), f) for f in PROCESSOR_FIELDS if f != "num_keyframes"}
@@ -43,9 +46,12 @@ _REFERENCE_PROCESSOR = {
     "prompt_encoding": "whole", "expression_lowercase": False, "expression_remove": "",
     "resize": "pil_bicubic", "max_new_tokens": 2048, "max_image_tiles": 12,
 }  # fmt: skip
+# SAM2's ImageNet statistics as the references' preprocess_image builds them: bf16 tensors
+# (sam2.py:366, default dtype=torch.bfloat16), so 0.485 becomes 0.484375 and so on.
 _REFERENCE_SAM = {
     "resize": "pil_bicubic", "multimask_prompted": True, "object_score_overwrite": False,
     "mask_upsample": "via_input", "memory_dtype": "bfloat16",
+    "pixel_mean": (0.484375, 0.455078125, 0.40625), "pixel_std": (0.228515625, 0.2236328125, 0.224609375),
 }  # fmt: skip
 
 PROTOCOLS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
@@ -128,12 +134,13 @@ def check(config: ReviosaConfig) -> None:
     for section, fields in ((config.processor, PROCESSOR_FIELDS), (config.sam, SAM_FIELDS)):
         hints = get_type_hints(type(section))
         for name in fields:
-            value, allowed = getattr(section, name), get_args(hints[name])
+            value = getattr(section, name)
+            allowed = get_args(hints[name]) if get_origin(hints[name]) is Literal else ()
             if allowed and value not in allowed:
                 raise ValueError(
                     f"{type(section).__name__}.{name} = {value!r}; choose one of {list(allowed)}"
                 )
-            if not allowed and not isinstance(value, hints[name]):
+            if not allowed and isinstance(hints[name], type) and not isinstance(value, hints[name]):
                 raise ValueError(
                     f"{type(section).__name__}.{name} = {value!r} is not a {hints[name].__name__}"
                 )
@@ -157,6 +164,7 @@ def describe(config: ReviosaConfig) -> str:
         f"resize MLLM {p.resize} / SAM2 {s.resize}",
         f"masks {'via ' + str(s.image_size) if s.mask_upsample == 'via_input' else 'direct'}",
         f"memory {s.memory_dtype}",
+        f"SAM2 stats {'bf16' if s.pixel_std != SamConfig().pixel_std else 'float'}",
         f"max {p.max_new_tokens} new tokens",
     ]
     return f"protocol {config.protocol}: " + ", ".join(parts)

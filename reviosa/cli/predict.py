@@ -28,25 +28,64 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stride", type=int, default=1, help="keep every n-th frame")
     p.add_argument("--max-side", type=int, help="downscale frames so the longer side is at most this")
     p.add_argument("--batch", type=int, default=8, help="expressions of one video run together (--dataset)")
+    add_protocol_arguments(p)
+
+
+def add_protocol_arguments(p: argparse.ArgumentParser) -> None:
+    """--protocol and one flag per switch (docs/checkpoints.md "Inference protocols")."""
+    g = p.add_argument_group("inference protocol (default: the one saved with the model)")
+    g.add_argument(
+        "--protocol", choices=["ours", "reference", "reviosa", "sa2va", "interrvos"],
+        help="'ours' = ReVIOSa Studio's, 'reference' = the model's reference (Sa2VA or InterRVOS), or a preset",
+    )  # fmt: skip
+    g.add_argument(
+        "--prompt-encoding", choices=["pieces", "whole"], help="tokenise the user text in pieces or whole"
+    )
+    g.add_argument("--lowercase", action=argparse.BooleanOptionalAction, help="lowercase the expression")
+    g.add_argument("--strip-chars", metavar="CHARS", help="characters deleted from the expression, e.g. '.'")
+    g.add_argument(
+        "--multimask", action=argparse.BooleanOptionalAction,
+        help="keyframes: SAM2's 3 masks, keep the best predicted IoU (--no-multimask: one mask)",
+    )  # fmt: skip
+    g.add_argument(
+        "--object-score-overwrite", action=argparse.BooleanOptionalAction,
+        help="empty the mask where SAM2 scores no object (sam2's -1024; the references do not)",
+    )  # fmt: skip
+    g.add_argument("--mllm-resize", choices=["torch_bicubic", "pil_bicubic"], help="keyframe resize filter")
+    g.add_argument("--sam-resize", choices=["bilinear", "pil_bicubic"], help="SAM2 input resize filter")
+    g.add_argument("--mask-upsample", choices=["direct", "via_input"], help="low-res masks to the frame")
+    g.add_argument("--memory-dtype", choices=["model", "bfloat16"], help="dtype SAM2's memory is stored in")
+    g.add_argument("--max-new-tokens", type=int, help="longest answer generated")
+
+
+def protocol_switches(args: argparse.Namespace) -> dict:
+    """The per-switch flags given, as `ReviosaModel.with_protocol` keywords (None: not given)."""
+    return {
+        "num_keyframes": args.keyframes, "keyframe_strategy": args.keyframe_strategy,
+        "prompt_encoding": args.prompt_encoding, "expression_lowercase": args.lowercase,
+        "expression_remove": args.strip_chars, "multimask_prompted": args.multimask,
+        "object_score_overwrite": args.object_score_overwrite, "mllm_resize": args.mllm_resize,
+        "sam_resize": args.sam_resize, "mask_upsample": args.mask_upsample, "memory_dtype": args.memory_dtype,
+        "max_new_tokens": args.max_new_tokens,
+    }  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from reviosa.hub import from_pretrained
+    from reviosa.protocol import describe
 
     if bool(args.dataset) == bool(args.video):
         raise ValueError("give either VIDEO and EXPRESSION, or --dataset DIR")
     if args.video and not args.expression:
         raise ValueError('give the expression after the video, e.g. predict clip.mp4 "person walking a dog"')
     model = from_pretrained(args.model, device=args.device, dtype=getattr(torch, args.dtype))
+    model = model.with_protocol(args.protocol, **protocol_switches(args))
+    print(describe(model.config))
     if args.dataset:
         return _predict_dataset(model, args)
     return _predict_video(model, args)
-
-
-def _keyframe_options(args) -> dict:
-    return {"num_keyframes": args.keyframes, "keyframe_strategy": args.keyframe_strategy}
 
 
 def _predict_video(model, args) -> int:
@@ -60,7 +99,7 @@ def _predict_video(model, args) -> int:
     video = open_media(
         args.video, VideoLimits(max_frames=args.max_frames, stride=args.stride, max_side=args.max_side)
     )
-    (pred,) = model.segment(video, [args.expression], **_keyframe_options(args))
+    (pred,) = model.segment(video, [args.expression])
     out = Path(args.out or f"{Path(args.video).stem}_masks")
     results.write_png_masks(pred.actor, out / "actor")
     if pred.target is not None:
@@ -91,7 +130,7 @@ def _predict_dataset(model, args) -> int:
     todo = [s for s in dataset.samples() if s.exp_id not in done["videos"].get(s.video_id, {})]
     skipped = len(dataset) - len(todo)
     bar = tqdm(total=len(dataset), initial=skipped, desc="expressions", unit="exp")
-    for video_id, entries in results.predict_videos(model, todo, args.batch, **_keyframe_options(args)):
+    for video_id, entries in results.predict_videos(model, todo, args.batch):
         done["videos"].setdefault(video_id, {}).update(entries)
         results.save(done, args.out)  # after each video: an interrupted run resumes from here
         bar.update(len(entries))
