@@ -20,6 +20,7 @@ import gradio as gr
 import numpy as np
 import torch
 
+from reviosa.image import IMAGE_SUFFIXES
 from studio import views
 from studio.bootstrap import ensure_sam2
 from studio.examples import EXAMPLES_DIR, ensure_synthetic, list_examples
@@ -38,6 +39,8 @@ logger = logging.getLogger("reviosa.studio")
 
 MODEL_DEFAULT = "model default"
 VIDEO_TYPES = [".mp4", ".webm", ".mov", ".avi", ".gif", ".mkv"]
+# What the upload box accepts: videos, and stills (one-frame clips, reviosa.image).
+UPLOAD_TYPES = [*VIDEO_TYPES, *IMAGE_SUFFIXES]
 
 
 def _gpu(fn):
@@ -208,7 +211,11 @@ def build_demo(studio: Studio, examples_dir=EXAMPLES_DIR) -> gr.Blocks:
 
 def _input_panel(studio: Studio) -> dict:
     limits = studio.limits
-    video = gr.Video(label="Clip (mp4, webm, mov, avi, gif)", sources=["upload"], elem_id="clip")
+    # A file box rather than gr.Video, whose upload takes videos only: stills are one-frame clips.
+    video = gr.File(
+        label="Clip (mp4, webm, mov, avi, gif) or image (jpg, png, webp)", file_types=UPLOAD_TYPES,
+        type="filepath", elem_id="clip",
+    )  # fmt: skip
     expression = gr.Textbox(
         label="Expression", placeholder="person walking a dog", max_lines=2, elem_id="expression",
         info=f"Who does what to whom; at most {limits.max_expression_chars} characters.",

@@ -80,7 +80,7 @@ class StillImage:
 
     def read(self, indices: Sequence[int]) -> np.ndarray:
         if any(i != 0 for i in indices):
-            raise ValueError(f"{self.path.name} is a still image: it has only frame 0")
+            raise ValueError(f"the image {self.path.name} is a still: it has only frame 0")
         return np.stack([self.frame for _ in indices]) if indices else np.empty((0, *self.size, 3), np.uint8)
 
 
@@ -94,11 +94,11 @@ def _decode(path: Path) -> Image.Image:
             with Image.open(path) as image:
                 kind = IMAGE_FORMATS.get(image.format or "")
                 if kind is None:
-                    raise ValueError(f"{name} is a {image.format or 'unknown'} image; {hint}")
+                    raise ValueError(f"the image {name} is a {image.format or 'unknown'} image; {hint}")
                 width, height = image.size
                 if width * height > MAX_PIXELS:
                     raise ValueError(
-                        f"{name} has {width}x{height} pixels; the limit is {MAX_PIXELS // 1_000_000} "
+                        f"the image {name} has {width}x{height} pixels; the limit is {MAX_PIXELS // 1_000_000} "
                         "megapixels. Downscale it first."
                     )
                 if getattr(image, "n_frames", 1) > 1:
@@ -108,10 +108,12 @@ def _decode(path: Path) -> Image.Image:
                 upright = ImageOps.exif_transpose(image)  # cameras store portrait shots sideways
                 return _to_rgb(upright)
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise ValueError(f"{name} is not an image that can be read ({type(err).__name__}); {hint}") from err
+        raise ValueError(
+            f"the file {name} is not an image that can be read ({type(err).__name__}); {hint}"
+        ) from err
     except (OSError, SyntaxError, EOFError) as err:
         # Truncated or corrupt data; PIL's message may carry the path, so only its type is shown.
-        raise ValueError(f"{name} is damaged or truncated and cannot be decoded; {hint}") from err
+        raise ValueError(f"the image {name} is damaged or truncated and cannot be decoded; {hint}") from err
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -325,25 +325,30 @@ def check_expression(expression: str | None, limits: Limits, model) -> str:
 
 
 def open_video(path: str | Path | None, options: RunOptions, limits: Limits):
-    """Open the clip lazily within the caps. Returns (VideoFile, notices for the user)."""
-    from reviosa.video import VideoFile, VideoLimits
+    """Open the clip lazily within the caps (a jpg / png / webp: a one-frame clip).
+    Returns (VideoFile or StillImage, notices for the user)."""
+    from reviosa.image import is_image_path, open_media
+    from reviosa.video import VideoLimits
 
     if not path:
-        raise UserError("Upload a clip (mp4, webm, mov, avi or gif) or pick an example first.")
+        raise UserError(
+            "Upload a clip (mp4, webm, mov, avi or gif) or an image (jpg, png, webp), or pick an example first."
+        )
     path = Path(path)
     if path.is_file() and path.stat().st_size > limits.max_upload_bytes:
         raise UserError(
             f"{path.name} is {path.stat().st_size / 2**20:.0f} MB; the limit is {limits.max_upload_mb} MB. "
             "Trim or compress the clip."
         )
-    _check_duration(probe_duration(path), path.name, limits)
+    if not is_image_path(path):
+        _check_duration(probe_duration(path), path.name, limits)
     caps = VideoLimits(
         max_frames=min(options.max_frames or limits.max_frames, limits.max_frames),
         stride=max(1, int(options.stride or 1)),
         max_side=min(options.max_side or limits.max_side, limits.max_side),
     )
     try:
-        video = VideoFile(path, caps)
+        video = open_media(path, caps)
     except FileNotFoundError as err:
         raise UserError(f"The clip could not be found ({err}); upload it again.") from err
     except ValueError as err:

@@ -183,3 +183,20 @@ def test_predict_cli_on_an_image_writes_one_frame(answering_model_dir, tmp_path)
     assert proc.returncode == 2
     assert "broken.jpg" in proc.stderr and str(tmp_path) not in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_studio_runs_an_uploaded_image_as_one_frame(answering_model_dir, tmp_path):
+    import app
+    from studio.service import ModelRegistry, RunOptions, UserError, run_request
+
+    assert {".jpg", ".png", ".webp", ".mp4"} <= set(app.UPLOAD_TYPES)
+    Image.fromarray(_pattern(45, 63)).save(tmp_path / "upload.png")  # odd sides: the mp4 pads them
+    loaded = ModelRegistry(str(answering_model_dir)).get()
+    result = run_request(loaded, tmp_path / "upload.png", "red circle pushing the blue square", RunOptions(),
+                         app.Limits())  # fmt: skip
+    assert result.num_frames == 1 and tuple(result.size) == (45, 63)
+    entry = json.loads(result.results_json.read_text())["videos"]["upload"]["0"]
+    assert len(entry["actor"]) == 1
+    (tmp_path / "bad.webp").write_bytes(b"RIFF\x00\x00\x00\x00WEBPVP8 broken")
+    with pytest.raises(UserError, match="bad.webp"):
+        run_request(loaded, tmp_path / "bad.webp", "x", RunOptions(), app.Limits())
