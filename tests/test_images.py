@@ -178,6 +178,13 @@ def test_predict_cli_on_an_image_writes_one_frame(answering_model_dir, tmp_path)
     assert np.asarray(Image.open(out / "actor" / "00000.png")).shape == (48, 64)
     entry = json.loads((out / "results.json").read_text())["videos"]["photo"]["0"]
     assert len(entry["actor"]) == 1 and len(entry["target"]) == 1
+    tiled = _predict(str(tmp_path / "photo.webp"), "red circle pushing the blue square", "--model",
+                     str(answering_model_dir), "--out", str(tmp_path / "tiled"), "--max-image-tiles", "12")  # fmt: skip
+    assert tiled.returncode == 0 and "protocol custom" in tiled.stdout, tiled.stderr
+    assert (
+        len(json.loads((tmp_path / "tiled" / "results.json").read_text())["videos"]["photo"]["0"]["actor"])
+        == 1
+    )
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
     proc = _predict(str(tmp_path / "broken.jpg"), "x", "--model", str(answering_model_dir))
     assert proc.returncode == 2

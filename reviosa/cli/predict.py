@@ -56,6 +56,10 @@ def add_protocol_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--mask-upsample", choices=["direct", "via_input"], help="low-res masks to the frame")
     g.add_argument("--memory-dtype", choices=["model", "bfloat16"], help="dtype SAM2's memory is stored in")
     g.add_argument("--max-new-tokens", type=int, help="longest answer generated")
+    g.add_argument(
+        "--max-image-tiles", type=int, metavar="N",
+        help="still images: at most N tiles for the MLLM, plus a thumbnail (1: no tiling; the references: 12)",
+    )  # fmt: skip
 
 
 def protocol_switches(args: argparse.Namespace) -> dict:
@@ -66,7 +70,7 @@ def protocol_switches(args: argparse.Namespace) -> dict:
         "expression_remove": args.strip_chars, "multimask_prompted": args.multimask,
         "object_score_overwrite": args.object_score_overwrite, "mllm_resize": args.mllm_resize,
         "sam_resize": args.sam_resize, "mask_upsample": args.mask_upsample, "memory_dtype": args.memory_dtype,
-        "max_new_tokens": args.max_new_tokens,
+        "max_new_tokens": args.max_new_tokens, "max_image_tiles": args.max_image_tiles,
     }  # fmt: skip
 
 
