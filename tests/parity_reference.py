@@ -76,7 +76,8 @@ class GoldenSet:
 
     @classmethod
     def load(cls, name: str) -> GoldenSet:
-        directory = FIXTURES / name
+        """A committed set by name, or any recorded folder by path."""
+        directory = FIXTURES / name if not Path(name).is_dir() else Path(name)
         with np.load(directory / "goldens.npz") as data:
             goldens = {k: data[k] for k in data.files}
         return cls(name, directory, goldens, json.loads((directory / "meta.json").read_text()))
@@ -84,6 +85,8 @@ class GoldenSet:
     def model(self):
         from reviosa.hub import from_pretrained
 
+        if self.meta.get("sam_geometry") == "hiera-l":  # the reference's own SAM2: detected from its keys
+            return from_pretrained(self.directory / "model")
         sam = small_sam(self.meta["sam_size"], self.meta["sam_dim"])
         return from_pretrained(self.directory / "model", sam_config=sam)
 
@@ -198,6 +201,13 @@ def check_token_ids(golden: GoldenSet, model) -> None:
 
 def check_mllm(golden: GoldenSet, model) -> dict[str, float]:
     """Vision features after the projector, logits at the answer steps, role states and prompts."""
+    errors = measure_mllm(golden, model)
+    assert all(e <= TOL_MLLM for e in errors.values()), errors
+    return errors
+
+
+def measure_mllm(golden: GoldenSet, model) -> dict[str, float]:
+    """The errors `check_mllm` bounds."""
     g = golden.goldens
     out = mllm_outputs(model, g["frames"], golden.meta["prompts"][0], our_answer(golden.meta["answer"]))
     vocab = g["p0_logits"].shape[1]  # ours may hold appended role tokens beyond the reference's rows
@@ -207,7 +217,6 @@ def check_mllm(golden: GoldenSet, model) -> dict[str, float]:
         "role states": max_err(out["states"], g["p0_states"]),
         "role prompts": max_err(out["seg_prompts"], g["p0_seg_prompts"]),
     }
-    assert all(e <= TOL_MLLM for e in errors.values()), errors
     return errors
 
 
@@ -229,6 +238,21 @@ def check_sam(golden: GoldenSet, pred, calls: list[dict]) -> dict[str, float]:
     """SAM2 per frame, prompted (0-4) and tracked (5-7) alike: low-res mask logits, predicted IoUs,
     object pointers, object scores; and the final masks at frame size."""
     g = golden.goldens
+    errors = measure_sam(golden, pred, calls)
+    logits = {k: v for k, v in errors.items() if "mask logits" in k}
+    others = {k: v for k, v in errors.items() if "IoU" in k or "pointers" in k or "scores" in k}
+    assert all(v <= TOL_MASK for v in logits.values()), errors
+    assert all(v <= TOL_MLLM for v in others.values()), errors
+    assert errors["min share of equal mask pixels"] >= MIN_EQUAL_PIXELS, errors
+    # The masks are not trivial: each frame's reference mask covers a real share of the frame.
+    coverage = g["p0_masks"].mean(axis=(2, 3))
+    assert (coverage > 0.05).all() and (coverage < 0.95).all(), coverage
+    return errors
+
+
+def measure_sam(golden: GoldenSet, pred, calls: list[dict]) -> dict[str, float]:
+    """The errors `check_sam` bounds."""
+    g = golden.goldens
     roles = g["p0_sam_low"].shape[0]
     frames = g["p0_sam_frames"].tolist()
     assert [c["frame"] for c in calls] == frames  # keyframes 0-4 prompted, then tracked
@@ -247,14 +271,6 @@ def check_sam(golden: GoldenSet, pred, calls: list[dict]) -> dict[str, float]:
     tracks = [pred.actor, pred.target][:roles]
     agreement = [pixel_agreement(np.asarray(t), g["p0_masks"][r]) for r, t in enumerate(tracks)]
     errors["min share of equal mask pixels"] = float(min(a.min() for a in agreement))
-    logits = {k: v for k, v in errors.items() if "mask logits" in k}
-    others = {k: v for k, v in errors.items() if "IoU" in k or "pointers" in k or "scores" in k}
-    assert all(v <= TOL_MASK for v in logits.values()), errors
-    assert all(v <= TOL_MLLM for v in others.values()), errors
-    assert errors["min share of equal mask pixels"] >= MIN_EQUAL_PIXELS, errors
-    # The masks are not trivial: each frame's reference mask covers a real share of the frame.
-    coverage = g["p0_masks"].mean(axis=(2, 3))
-    assert (coverage > 0.05).all() and (coverage < 0.95).all(), coverage
     return errors
 
 

@@ -240,20 +240,21 @@ def small_sam_builders(sam2_module):
     return image_encoder, memory_attention, memory_encoder
 
 
-def load_reference(models_dir: Path, reference: str):
+def load_reference(models_dir: Path, reference: str, small: bool = True):
     sys.path.insert(0, str(models_dir.parent))
     pkg = models_dir.name
     sam2_module = importlib.import_module(f"{pkg}.sam2")
-    enc, attn, mem = small_sam_builders(sam2_module)
-    sam2_module.SAM2.build_image_encoder = enc
-    sam2_module.SAM2.build_memory_attention = attn
-    sam2_module.SAM2.build_memory_encoder = mem
-    predictor = sam2_module.SAM2VideoPredictor
+    if small:
+        enc, attn, mem = small_sam_builders(sam2_module)
+        sam2_module.SAM2.build_image_encoder = enc
+        sam2_module.SAM2.build_memory_attention = attn
+        sam2_module.SAM2.build_memory_encoder = mem
+        predictor = sam2_module.SAM2VideoPredictor
 
-    def small_predictor(**kwargs):  # the wrapper passes image_size=1024; everything else unchanged
-        return predictor(**{**kwargs, "image_size": SAM_SIZE})
+        def small_predictor(**kwargs):  # the wrapper passes image_size=1024; everything else unchanged
+            return predictor(**{**kwargs, "image_size": SAM_SIZE})
 
-    sam2_module.SAM2VideoPredictor = small_predictor
+        sam2_module.SAM2VideoPredictor = small_predictor
     name = "sa2va_chat" if reference == "sa2va" else "reviosa_chat"
     modeling = importlib.import_module(f"{pkg}.modeling_{name}")
     configuration = importlib.import_module(f"{pkg}.configuration_{name}")
@@ -318,12 +319,17 @@ def main() -> None:
     ap.add_argument("--models", type=Path, required=True, help="the reference's hf/models folder")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--seed", type=int, help="seed of the random weights (default: the committed set's)")
+    ap.add_argument(
+        "--sam-geometry", choices=["small", "hiera-l"], default="small",
+        help="hiera-l: the reference's own Hiera-L SAM2 at 1024 (a one-off check; about 450 MB, not committed)",
+    )  # fmt: skip
     args = ap.parse_args()
+    small = args.sam_geometry == "small"
     if args.seed is None:
         args.seed = SEEDS[args.reference]
     torch.manual_seed(args.seed)
     install_stubs()
-    modeling, model_cls, config_cls = load_reference(args.models.resolve(), args.reference)
+    modeling, model_cls, config_cls = load_reference(args.models.resolve(), args.reference, small)
 
     tokenizer = build_tokenizer(args.reference)
     config = tiny_config(config_cls, len(tokenizer))
@@ -336,7 +342,8 @@ def main() -> None:
             if t.is_floating_point():
                 t.data.copy_(t.data.half().float())
     model.preparing_for_generation(tokenizer=tokenizer, torch_dtype=torch.float32)
-    model.extra_image_processor = modeling.DirectResize(target_length=SAM_SIZE)  # SAM2 input size
+    if small:
+        model.extra_image_processor = modeling.DirectResize(target_length=SAM_SIZE)  # SAM2 input size
     sam = model.grounding_encoder.sam2_model
     init_state = sam.init_state
 
@@ -370,7 +377,8 @@ def main() -> None:
     np.savez_compressed(out / "goldens.npz", **goldens)
     meta = {
         "reference": COMMITS[args.reference], "internvl": "OpenGVLab/InternVL@2410d1d",
-        "prompts": PROMPTS, "answer": ANSWERS[args.reference], "sam_size": SAM_SIZE, "sam_dim": D,
+        "prompts": PROMPTS, "answer": ANSWERS[args.reference], "sam_geometry": args.sam_geometry,
+        "sam_size": SAM_SIZE if small else 1024, "sam_dim": D if small else 256,
         "frames": [FRAMES, HEIGHT, WIDTH], "seed": args.seed, "torch": torch.__version__,
         "transformers": importlib.import_module("transformers").__version__,
         "keys": {k: list(goldens[k].shape) for k in sorted(goldens)},
