@@ -282,7 +282,7 @@ def run_request(
         size=tuple(video.size),
         actor_frames=int((pred.actor.areas() > 0).sum()),
         target_frames=None if pred.target is None else int((pred.target.areas() > 0).sum()),
-        notices=[*notices, pred.protocol],  # the summary names the inference protocol that ran
+        notices=[*notices, f"`{pred.protocol}`"],  # the protocol that ran (code span: shown verbatim)
         attention=attention_view(pred, model.config, keyframe_images),
         timings=timings,
     )
