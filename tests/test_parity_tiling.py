@@ -1,8 +1,10 @@
 """Still-image tiling equals the reference's (InternVL 2410d1d ``dynamic_preprocess``, as Sa2VA calls it).
 
-Golden: tests/fixtures/parity/tiling/, recorded by scripts/parity/record_tiling.py from the
+Goldens: tests/fixtures/parity/tiling/, recorded by scripts/parity/record_tiling.py from the
 reference's own functions: the grid it picks for 2450 image sizes (max 12 and max 6 tiles), and the
-normalised pixel values of every tile for five synthetic images.
+normalised pixel values of every tile for five synthetic images. tests/fixtures/parity/image/,
+recorded by scripts/parity/record_image.py: Sa2VA d01bf3f's ``predict_forward(image=...)`` on the
+committed tiny Sa2VA (13 tiles in one image block, SAM2 on the one image), end to end.
 """
 
 from __future__ import annotations
@@ -12,9 +14,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
+from parity_reference import GoldenSet
+from PIL import Image
 
+from reviosa import sam as sam_ops
 from reviosa.config import internvl_1b_config
-from reviosa.image import tile_count, tile_grid, tile_image
+from reviosa.generation import force_answers
+from reviosa.image import StillImage, tile_count, tile_grid, tile_image
 from reviosa.processor import ReviosaProcessor
 
 FIXTURE = Path(__file__).parent / "fixtures" / "parity" / "tiling"
@@ -106,3 +114,78 @@ def test_bad_tiling_arguments_are_refused():
         tile_grid(10, 10, 0)
     with pytest.raises(ValueError, match="uint8"):
         tile_image(np.zeros((4, 4), np.uint8), 12)
+
+
+# --- Sa2VA's still-image path end to end (tests/fixtures/parity/image, scripts/parity/record_image.py) ---
+
+
+def measure_image_path(tmp_path: Path) -> dict[str, float]:
+    """Our segment() of the recorded still with the tiny Sa2VA (tests/fixtures/parity/sa2va/model)
+    against the reference's predict_forward(image=...): max errors, and the equal share of pixels."""
+    directory = FIXTURE.parent / "image"
+    meta = json.loads((directory / "meta.json").read_text())
+    with np.load(directory / "goldens.npz") as data:
+        g = {k: data[k] for k in data.files}
+    model = GoldenSet.load("sa2va").model()
+    assert model.config.processor.max_image_tiles == 12  # the sa2va protocol travels with the import
+    Image.fromarray(g["image"]).save(tmp_path / "still.png")
+    seen: dict[str, list] = {"ids": [], "feats": [], "states": [], "prompts": [], "masks": []}
+    embed, features, project = model.embed, model.mllm.model.get_image_features, model.prompts_from_states
+    condition = sam_ops.MemoryTracker.condition
+
+    def spy_embed(input_ids, pixel_values, image_index=None):
+        seen["ids"].append(input_ids[0].tolist())
+        return embed(input_ids, pixel_values, image_index)
+
+    def spy_features(*args, **kwargs):
+        out = features(*args, **kwargs)
+        seen["feats"].append(out.pooler_output)
+        return out
+
+    def spy_project(hidden, positions):
+        seen["states"].append(hidden[0, positions[0, 0]])
+        out = project(hidden, positions)
+        seen["prompts"].append(out[0, 0])
+        return out
+
+    def spy_condition(self, frame_idx, feats, prompt):
+        out = condition(self, frame_idx, feats, prompt)
+        seen["masks"].append(out["pred_masks"])
+        return out
+
+    model.embed, model.mllm.model.get_image_features, model.prompts_from_states = (
+        spy_embed,
+        spy_features,
+        spy_project,
+    )
+    sam_ops.MemoryTracker.condition = spy_condition
+    try:
+        (pred,) = model.segment(StillImage(tmp_path / "still.png"), [meta["expression"]],
+                                logits_processor=force_answers(model, ["Sure, [SEG_ACT]."]))  # fmt: skip
+    finally:
+        sam_ops.MemoryTracker.condition = condition
+    assert seen["ids"][0] == g["ids"].tolist(), "prompt ids differ from the reference's"
+    assert len(seen["feats"][0]) == meta["tiles"]
+    size = meta["sam_size"]
+    logits = F.interpolate(seen["masks"][0].float(), size=(size, size), mode="bilinear", align_corners=False)
+    ours_mask, ref_mask = np.asarray(pred.actor)[0], g["mask"][0]
+    return {
+        "thumbnail features": float(
+            (seen["feats"][0][-1] - torch.from_numpy(g["thumbnail_features"])).abs().max()
+        ),
+        "[SEG] state": float((seen["states"][0] - torch.from_numpy(g["seg_state"][0])).abs().max()),
+        "[SEG] prompt": float((seen["prompts"][0] - torch.from_numpy(g["seg_prompt"][0])).abs().max()),
+        "mask logits at SAM2 size": float(
+            (logits[:, 0] - torch.from_numpy(g["sam_logits"][:, 0])).abs().max()
+        ),
+        "equal mask pixels": float((ours_mask == ref_mask).mean()),
+        "reference mask cover": float(ref_mask.mean()),
+    }
+
+
+def test_sa2va_still_image_path_equals_the_reference(tmp_path):
+    errors = measure_image_path(tmp_path)
+    assert errors["thumbnail features"] <= 1e-4 and errors["[SEG] state"] <= 1e-4, errors
+    assert errors["[SEG] prompt"] <= 1e-4 and errors["mask logits at SAM2 size"] <= 1e-3, errors
+    assert errors["equal mask pixels"] >= 0.999, errors
+    assert 0.02 < errors["reference mask cover"] < 0.98, errors  # the mask is not trivially empty or full

@@ -2,13 +2,15 @@
 
     .venv/bin/python scripts/parity/measure_tiling.py
 
-The comparisons of ``tests/test_parity_tiling.py``, with the numbers shown.
+The comparisons of ``tests/test_parity_tiling.py`` (grids, tile pixels, Sa2VA's image path), with
+the numbers shown.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +18,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from test_parity_tiling import FIXTURE, synthetic_image  # noqa: E402
+from test_parity_tiling import FIXTURE, measure_image_path, synthetic_image  # noqa: E402
 
 from reviosa.config import internvl_1b_config  # noqa: E402
 from reviosa.image import tile_grid, tile_image  # noqa: E402
@@ -41,6 +43,10 @@ def main() -> None:
             print(
                 f"{key}: {c}x{r} tiles + {'a thumbnail' if c * r > 1 else 'none'}, {len(x)} images, max error {err:.3g}"
             )
+    with tempfile.TemporaryDirectory() as tmp:
+        print("Sa2VA still-image path (tests/fixtures/parity/image):")
+        for key, value in measure_image_path(Path(tmp)).items():
+            print(f"  {key}: {value:.3g}")
 
 
 if __name__ == "__main__":
