@@ -375,7 +375,7 @@ class ReviosaModel(nn.Module):
         report("MLLM: generating the answers", 0.1)
         t0 = time.perf_counter()
         answers, positions, role_prompts, attention = self._answer_and_prompt(
-            prompts, mllm_frames, capture_attention, logits_processor
+            prompts, mllm_frames, capture_attention, logits_processor, thumbnail_only=tiles > 1
         )
         timings["mllm"] = time.perf_counter() - t0
 
@@ -403,7 +403,14 @@ class ReviosaModel(nn.Module):
         tiles = tile_image(key_frames[0], max_tiles, self.config.vision.image_size)
         return tiles, len(tiles)
 
-    def _answer_and_prompt(self, prompts, key_frames: np.ndarray, capture_attention: bool, logits_processor):
+    def _answer_and_prompt(
+        self, prompts, key_frames: np.ndarray, capture_attention: bool, logits_processor, thumbnail_only=False
+    ):
+        """Answers, role positions, role prompts and (when captured) attention rows.
+
+        thumbnail_only: a tiled still; its attention rows are those over the last image of the block,
+        the thumbnail (the whole image, one g x g grid, as a 1-frame video has).
+        """
         batch = self.processor.batch_prompts(prompts)
         input_ids = batch.input_ids.to(self.device)
         mask = batch.attention_mask.to(self.device)
@@ -430,17 +437,24 @@ class ReviosaModel(nn.Module):
         )
 
         holder: dict = {}
-        capture = self._capture_factory(full_ids, positions, holder) if capture_attention else None
+        capture = (
+            self._capture_factory(full_ids, positions, holder, thumbnail_only=thumbnail_only)
+            if capture_attention
+            else None
+        )
         hidden = self.hidden_states(full_embeds, full_mask, capture)
         role_prompts = self.prompts_from_states(hidden, positions)  # (E, R, P)
         return answers, positions, role_prompts, holder.get("rows")
 
-    def _capture_factory(self, input_ids, positions, holder: dict, **kwargs):
+    def _capture_factory(self, input_ids, positions, holder: dict, thumbnail_only: bool = False, **kwargs):
         """A context-manager factory for `hidden_states`: captures the role tokens' attention rows
-        (``kwargs``: AttentionCapture's ``layers`` / ``heads``) into ``holder["rows"]``."""
+        (``kwargs``: AttentionCapture's ``layers`` / ``heads``) into ``holder["rows"]``.
+        ``thumbnail_only``: over the last g x g vision tokens only (a tiled still's thumbnail)."""
         from reviosa.attention import AttentionCapture, vision_positions_from_ids
 
         vision = vision_positions_from_ids(input_ids, self.processor.ids.img_context, self.config.grid)
+        if thumbnail_only:
+            vision = vision[:, -self.config.tokens_per_frame :]
 
         @contextlib.contextmanager
         def capture():

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from reviosa.generation import force_answers
 from reviosa.image import StillImage, is_image_path, open_media, tile_count
 from reviosa.video import VideoFile, VideoLimits
 
@@ -138,13 +139,22 @@ def test_segment_an_image_tiles_for_the_mllm_and_masks_one_frame(tmp_path, tiny_
     h, w = 40, 100  # aspect 2.5: 5 x 2 tiles of 32 px (tiny model), plus the thumbnail
     Image.fromarray(_pattern(h, w)).save(tmp_path / "still.png")
     seen = _spy_on_embed(model)
-    (pred,) = model.segment(StillImage(tmp_path / "still.png"), ["the red circle"])
+    forced = force_answers(model, ["Sure, [SEG_ACT] and [SEG_TAR]."])
+    (pred,) = model.segment(
+        StillImage(tmp_path / "still.png"),
+        ["the red circle"],
+        capture_attention=True,
+        logits_processor=forced,
+    )
     n = tile_count(w, h, max_tiles)
     assert n == (11 if max_tiles == 12 else 1)
     size, tokens = model.config.vision.image_size, model.config.tokens_per_frame
     assert seen[0] == ([n * tokens], (n, 3, size, size))
     assert pred.keyframes == [0]
-    assert np.asarray(pred.actor).shape == (1, h, w)
+    assert np.asarray(pred.actor).shape == (1, h, w) and np.asarray(pred.target).shape == (1, h, w)
+    # One attention grid per keyframe, as for a 1-frame video: a tiled still's is its thumbnail's.
+    g = model.config.grid
+    assert pred.attention.rows.shape[-3:] == (1, g, g)
 
 
 def test_videos_are_never_tiled(tiny_model):
