@@ -56,7 +56,10 @@ def main() -> None:
     source = FIXTURES / "sa2va" / "model"
     tokenizer = PreTrainedTokenizerFast.from_pretrained(str(source))
     model = model_cls(rs.tiny_config(config_cls, len(tokenizer)), use_flash_attn=False).eval()
-    state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(source / "model.safetensors")).items()}
+    state = {
+        k: v.float() if v.is_floating_point() else v
+        for k, v in load_file(str(source / "model.safetensors")).items()
+    }
     model.load_state_dict(state, strict=True)
     model.preparing_for_generation(tokenizer=tokenizer, torch_dtype=torch.float32)
     model.extra_image_processor = modeling.DirectResize(target_length=rs.SAM_SIZE)

@@ -2,7 +2,7 @@
 
 Not run in CI. Two steps, each run by the reference's own code on CPU with tiny random weights:
 
-``mllm`` (a throwaway venv with the reference's transformers, e.g. P1's /tmp/refenv:
+``mllm`` (a throwaway venv with the reference's transformers, as for record_sa2va.py:
 torch 2.13 CPU, transformers 4.47.1, peft, einops; no timm / torchvision / flash-attn)::
 
     /tmp/refenv/bin/python scripts/parity/record_parts.py mllm --internvl /tmp/InternVL
