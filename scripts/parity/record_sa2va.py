@@ -393,6 +393,10 @@ def _scale(p: torch.Tensor) -> float:
     return 1.0 / max(fan_in, 1) ** 0.5
 
 
+class _IdsOnly(Exception):
+    """Raised from the reference's generate call once a prompt's token ids are recorded."""
+
+
 def run_reference(model, modeling, tokenizer, video, prompt, answer_ids, reference, full: bool) -> dict:
     """One predict_forward of the reference, with its internals recorded along the way."""
     rec: dict[str, list] = {"ids": [], "vit": [], "states": [], "seg_prompts": [], "logits": []}
@@ -445,6 +449,8 @@ def run_reference(model, modeling, tokenizer, video, prompt, answer_ids, referen
 
     def model_generate(**k):
         rec["ids"].append(k["input_ids"][0].clone())
+        if not full:  # only the prompt's ids are wanted: stop before generating and SAM2
+            raise _IdsOnly
         return base_generate(**k)
 
     model.language_model.generate = gen
@@ -461,6 +467,8 @@ def run_reference(model, modeling, tokenizer, video, prompt, answer_ids, referen
             text = SEG_TEMPLATE.format(prompt)
         with torch.no_grad():
             result = model.predict_forward(video=video, text=text, tokenizer=tokenizer)
+    except _IdsOnly:
+        result = None
     finally:
         for obj, name in ((model.language_model, "generate"), (model, "extract_feature"),
                           (model.text_hidden_fcs, "forward"), (sam, "track_step"), (sam, "_forward_sam_heads"),
