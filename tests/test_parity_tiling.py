@@ -9,6 +9,7 @@ committed tiny Sa2VA (13 tiles in one image block, SAM2 on the one image), end t
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -126,6 +127,11 @@ def measure_image_path(tmp_path: Path) -> dict[str, float]:
     meta = json.loads((directory / "meta.json").read_text())
     with np.load(directory / "goldens.npz") as data:
         g = {k: data[k] for k in data.files}
+    weights = GoldenSet.load("sa2va").directory / "model" / "model.safetensors"
+    if hashlib.sha256(weights.read_bytes()).hexdigest() != meta["model_sha256"]:
+        raise AssertionError(
+            "the sa2va set's weights changed since the image golden: rerun scripts/parity/record_image.py"
+        )
     model = GoldenSet.load("sa2va").model()
     assert model.config.processor.max_image_tiles == 12  # the sa2va protocol travels with the import
     Image.fromarray(g["image"]).save(tmp_path / "still.png")

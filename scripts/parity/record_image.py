@@ -17,6 +17,7 @@ size and the final mask. The answer is forced to "Sure, [SEG]." as in the video 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -118,7 +119,9 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(args.out / "goldens.npz", **goldens)
     meta = {
-        "reference": rs.COMMITS["sa2va"], "model": "tests/fixtures/parity/sa2va/model", "expression": EXPRESSION,
+        "reference": rs.COMMITS["sa2va"], "model": "tests/fixtures/parity/sa2va/model",
+        "model_sha256": hashlib.sha256((source / "model.safetensors").read_bytes()).hexdigest(),
+        "expression": EXPRESSION,
         "text": text, "answer": result["prediction"], "tiles": int(vit.shape[0]), "sam_size": rs.SAM_SIZE,
         "keys": {k: list(v.shape) for k, v in goldens.items()},
     }  # fmt: skip
