@@ -28,7 +28,7 @@ MIN_EQUAL_PIXELS = 0.999
 
 
 def small_sam(sam_size: int, dim: int) -> SamConfig:
-    """Our sam2-package build of the recording's small SAM2 (record_sa2va.SMALL_SAM: Hiera with
+    """Our sam2-package build of the recording's small SAM2 (record_sa2va.small_sam_builders: Hiera with
     16-wide stages [1, 1, 2, 1], neck / decoder width ``dim``, memory width 8, one memory-attention
     and one fuser layer), on the Hiera-L (SAM 2.0) config the vendored SAM2 copies."""
     feat = sam_size // 16
@@ -85,8 +85,6 @@ class GoldenSet:
     def model(self):
         from reviosa.hub import from_pretrained
 
-        if self.meta.get("sam_geometry") == "hiera-l":  # the reference's own SAM2: detected from its keys
-            return from_pretrained(self.directory / "model")
         sam = small_sam(self.meta["sam_size"], self.meta["sam_dim"])
         return from_pretrained(self.directory / "model", sam_config=sam)
 
