@@ -22,6 +22,7 @@ import gradio as gr
 import numpy as np
 import torch
 
+from reviosa.image import IMAGE_SUFFIXES
 from studio import head_scores, views
 from studio.bootstrap import ensure_sam2
 from studio.compare import build_compare_tab
@@ -45,6 +46,8 @@ MODEL_DEFAULT = "model default"
 # What the upload box accepts (by extension: a gif is image/gif, which a video/* filter refuses).
 VIDEO_TYPES = [".mp4", ".m4v", ".webm", ".mov", ".avi", ".mkv", ".gif"]
 RESULT_OUTPUTS = 7  # state + the Result tab's six outputs
+# Stills are one-frame clips (reviosa.image).
+UPLOAD_TYPES = [*VIDEO_TYPES, *IMAGE_SUFFIXES]
 
 
 def _gpu(fn):
@@ -149,6 +152,9 @@ class Studio:
                 gr.update(value=None, visible=False),
                 error_markdown("Cannot read this clip", str(err)),
             )
+        if video is None:  # a still image: checked, nothing to play
+            _remove(out_dir)
+            return None, gr.update(value=None, visible=False), ""
         return out_dir, gr.update(value=str(video), visible=True), ""
 
     def _forcing(self, loaded):
@@ -314,7 +320,7 @@ def _input_panel(studio: Studio) -> dict:
     # Side by side, so a chosen clip's preview does not push the examples below the fold.
     with gr.Row(equal_height=True):
         video = gr.File(
-            label="Clip (mp4, webm, mov, avi, mkv, gif)", file_types=VIDEO_TYPES, file_count="single",
+            label="Clip (mp4, webm, mov, avi, mkv, gif) or image (jpg, png, webp)", file_types=UPLOAD_TYPES, file_count="single",
             elem_id="clip", height=110, scale=3,
         )  # fmt: skip
         preview = gr.Video(

@@ -70,6 +70,22 @@ class SamConfig:
     # every frame is decoded from the prompt alone, exactly as training decodes frames; for models
     # whose SAM2 was trained from scratch by our loop, which never trains the memory modules.
     propagation: Literal["memory", "per_frame"] = "memory"
+    # --- inference protocol (docs/checkpoints.md "Inference protocols"); defaults: ReVIOSa's own ---
+    # Resize of a uint8 frame to image_size x image_size: "bilinear" (torch, no antialias) or
+    # "pil_bicubic" (PIL's bicubic on uint8, as the Sa2VA / InterRVOS references do).
+    resize: Literal["bilinear", "pil_bicubic"] = "bilinear"
+    # Prompted (key)frames: decode SAM2's 3 candidate masks and keep the one with the best predicted
+    # IoU, with the object pointer from that mask's token (the references), instead of one mask.
+    multimask_prompted: bool = False
+    # sam2 1.1.0 replaces the mask logits by -1024 where the object score is <= 0; the references
+    # comment that line out. Applies to prompted and tracked frames.
+    object_score_overwrite: bool = True
+    # Low-res logits (S/4) to the frame: "direct" (one bilinear step to H x W) or "via_input"
+    # (bilinear to S x S first, then to H x W, as the references do).
+    mask_upsample: Literal["direct", "via_input"] = "direct"
+    # dtype SAM2's memory features are stored in between frames: "model" (the model's dtype) or
+    # "bfloat16" (the references cast them on every device, CPU included).
+    memory_dtype: Literal["model", "bfloat16"] = "model"
 
 
 @dataclass
@@ -84,6 +100,22 @@ class ProcessorConfig:
     system_prompt: str = ""
     instruction: str = "Please segment {expression}."
     max_new_tokens: int = 24
+    # --- inference protocol (docs/checkpoints.md "Inference protocols"); defaults: ReVIOSa's own ---
+    # "pieces": the instruction's text and the expression are tokenised separately (how the
+    # built-in model was trained); "whole": the user text after the image blocks is tokenised in one
+    # piece, as the references do. Either way special-token matching is off for user text.
+    prompt_encoding: Literal["pieces", "whole"] = "pieces"
+    # Expression normalisation before the template: lowercase it, and delete these characters
+    # (the InterRVOS reference lowercases and deletes every ".").
+    expression_lowercase: bool = False
+    expression_remove: str = ""
+    # Resize of a uint8 keyframe to vision.image_size: "torch_bicubic" (torch bicubic with
+    # antialias) or "pil_bicubic" (PIL bicubic on uint8, as the references do).
+    resize: Literal["torch_bicubic", "pil_bicubic"] = "torch_bicubic"
+    # Still images only (videos are never tiled): at most this many vision.image_size tiles in the
+    # grid nearest the image's aspect ratio, plus a thumbnail when there are several (InternVL's
+    # dynamic preprocessing; the references use 12). 1: the image is one frame, as our models train.
+    max_image_tiles: int = 1
     # Longest expression accepted, in characters; longer input is rejected with a clear error.
     max_expression_chars: int = 500
     # ImageNet statistics: InternViT normalises with them.
@@ -114,6 +146,9 @@ class ReviosaConfig:
     projector_hidden_act: str = "gelu"
     # Width of SAM2's prompt space; must equal the mask decoder's transformer dim (256 for SAM2).
     prompt_dim: int = 256
+    # Name of the inference protocol the processor / SAM2 switches above spell out
+    # (`reviosa.protocol`: "reviosa", "sa2va", "interrvos", or "custom" after a per-switch override).
+    protocol: str = "reviosa"
     format_version: int = FORMAT_VERSION
 
     @property
@@ -138,6 +173,11 @@ class ReviosaConfig:
             raise ValueError(f"sam.image_size {self.sam.image_size} must be a multiple of 32")
         if self.processor.num_keyframes < 1:
             raise ValueError("processor.num_keyframes must be at least 1")
+        if self.processor.max_image_tiles < 1:
+            raise ValueError("processor.max_image_tiles must be at least 1")
+        from reviosa.protocol import check  # the protocol module reads these classes
+
+        check(self)
         sup = self.attention_supervision
         if sup is not None:
             if not 0 <= sup.layer < self.text.num_hidden_layers:

@@ -18,6 +18,7 @@ D hidden, P prompt dim, H/W pixels, S SAM2 input size, g vision-token grid side.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import logging
 import time
@@ -37,8 +38,10 @@ from transformers import (
 )
 from transformers.models.internvl.configuration_internvl import InternVLVisionConfig
 
+from reviosa import protocol
 from reviosa import sam as sam_ops
 from reviosa.config import ReviosaConfig
+from reviosa.image import tile_image
 from reviosa.processor import ReviosaProcessor, add_role_tokens, keyframe_indices
 from reviosa.video import FrameSource, MaskTrack
 
@@ -132,6 +135,8 @@ class Prediction:
     reason: str | None = None
     attention: object | None = None  # reviosa.attention.AttentionRows for this expression (B = 1)
     timings: dict[str, float] = field(default_factory=dict)
+    # The inference protocol that ran, in one line (`reviosa.protocol.describe`), for run summaries.
+    protocol: str = ""
 
     @property
     def has_target(self) -> bool:
@@ -208,6 +213,19 @@ class ReviosaModel(nn.Module):
         self.sam = sam_ops.build_sam(config.sam)
         if self.sam.sam_prompt_embed_dim != config.prompt_dim:
             raise ValueError(f"SAM2 prompt dim {self.sam.sam_prompt_embed_dim} != config.prompt_dim")
+
+    def with_protocol(self, name: str | None = None, **switches) -> ReviosaModel:
+        """This model under another inference protocol (`reviosa.protocol.with_protocol`: a preset
+        name, "ours", "reference", and/or single switches such as ``keyframe_strategy="uniform"``).
+
+        A shallow copy: every weight and the tokenizer are shared, only the config and processor
+        are its own, so a model shared between requests is never modified.
+        """
+        config = protocol.with_protocol(self.config, name, **switches)
+        clone = copy.copy(self)
+        clone.config = config
+        clone.processor = ReviosaProcessor(self.tokenizer, config)
+        return clone
 
     # --- small accessors -------------------------------------------------------------------------
 
@@ -350,13 +368,14 @@ class ReviosaModel(nn.Module):
         )
         report("decoding keyframes", 0.0)
         key_frames = video.read(keyframes)  # (K, H, W, 3)
-        prompts = [self.processor.prompt_ids(e, len(keyframes)) for e in expressions]
+        mllm_frames, tiles = self._mllm_images(video, key_frames)
+        prompts = [self.processor.prompt_ids(e, len(keyframes), tiles) for e in expressions]
         timings["prepare"] = time.perf_counter() - t0
 
         report("MLLM: generating the answers", 0.1)
         t0 = time.perf_counter()
         answers, positions, role_prompts, attention = self._answer_and_prompt(
-            prompts, key_frames, capture_attention, logits_processor
+            prompts, mllm_frames, capture_attention, logits_processor, thumbnail_only=tiles > 1
         )
         timings["mllm"] = time.perf_counter() - t0
 
@@ -372,7 +391,26 @@ class ReviosaModel(nn.Module):
             for e, expr in enumerate(expressions)
         ]
 
-    def _answer_and_prompt(self, prompts, key_frames: np.ndarray, capture_attention: bool, logits_processor):
+    def _mllm_images(self, video: FrameSource, key_frames: np.ndarray) -> tuple[np.ndarray, int]:
+        """What the MLLM sees, uint8 (N, H, W, 3), and the images per frame block.
+
+        A still image (``video.still``) is tiled when ``processor.max_image_tiles`` > 1, as the
+        references tile stills (`reviosa.image`); SAM2 still decodes the one image. Videos: the keyframes.
+        """
+        max_tiles = self.config.processor.max_image_tiles
+        if not getattr(video, "still", False) or max_tiles <= 1:
+            return key_frames, 1
+        tiles = tile_image(key_frames[0], max_tiles, self.config.vision.image_size)
+        return tiles, len(tiles)
+
+    def _answer_and_prompt(
+        self, prompts, key_frames: np.ndarray, capture_attention: bool, logits_processor, thumbnail_only=False
+    ):
+        """Answers, role positions, role prompts and (when captured) attention rows.
+
+        thumbnail_only: a tiled still; its attention rows are those over the last image of the block,
+        the thumbnail (the whole image, one g x g grid, as a 1-frame video has).
+        """
         batch = self.processor.batch_prompts(prompts)
         input_ids = batch.input_ids.to(self.device)
         mask = batch.attention_mask.to(self.device)
@@ -399,17 +437,24 @@ class ReviosaModel(nn.Module):
         )
 
         holder: dict = {}
-        capture = self._capture_factory(full_ids, positions, holder) if capture_attention else None
+        capture = (
+            self._capture_factory(full_ids, positions, holder, thumbnail_only=thumbnail_only)
+            if capture_attention
+            else None
+        )
         hidden = self.hidden_states(full_embeds, full_mask, capture)
         role_prompts = self.prompts_from_states(hidden, positions)  # (E, R, P)
         return answers, positions, role_prompts, holder.get("rows")
 
-    def _capture_factory(self, input_ids, positions, holder: dict, **kwargs):
+    def _capture_factory(self, input_ids, positions, holder: dict, thumbnail_only: bool = False, **kwargs):
         """A context-manager factory for `hidden_states`: captures the role tokens' attention rows
-        (``kwargs``: AttentionCapture's ``layers`` / ``heads``) into ``holder["rows"]``."""
+        (``kwargs``: AttentionCapture's ``layers`` / ``heads``) into ``holder["rows"]``.
+        ``thumbnail_only``: over the last g x g vision tokens only (a tiled still's thumbnail)."""
         from reviosa.attention import AttentionCapture, vision_positions_from_ids
 
         vision = vision_positions_from_ids(input_ids, self.processor.ids.img_context, self.config.grid)
+        if thumbnail_only:
+            vision = vision[:, -self.config.tokens_per_frame :]
 
         @contextlib.contextmanager
         def capture():
@@ -435,7 +480,7 @@ class ReviosaModel(nn.Module):
         # tracking any frame), then the rest is tracked from memory.
         tracker, key_outputs = None, {}
         if self.config.sam.propagation == "memory":
-            tracker = sam_ops.MemoryTracker(self.sam, video.num_frames)
+            tracker = sam_ops.MemoryTracker(self.sam, video.num_frames, self.config.sam)
             for t, frame in zip(keyframes, key_frames, strict=True):
                 out = tracker.condition(t, self._frame_features(frame, len(active)), prompt)
                 key_outputs[t] = self._frame_result(out, (h, w))
@@ -445,7 +490,10 @@ class ReviosaModel(nn.Module):
             else:
                 feats = self._frame_features(frame, len(active))
                 if tracker is None:
-                    out = sam_ops.decode_prompted(self.sam, feats, prompt)
+                    out = sam_ops.decode_prompted(
+                        self.sam, feats, prompt, multimask=self.config.sam.multimask_prompted,
+                        overwrite=self.config.sam.object_score_overwrite,
+                    )  # fmt: skip
                 else:
                     out = tracker.track(t, feats)
                 masks, probs = self._frame_result(out, (h, w))
@@ -474,12 +522,23 @@ class ReviosaModel(nn.Module):
             features.feat_sizes,
         )
 
-    @staticmethod
-    def _frame_result(out: dict, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    def _frame_result(self, out: dict, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
         """Masks at frame size, bool (N, H, W), and object-presence probabilities (N,)."""
-        logits = F.interpolate(out["pred_masks"].float(), size=size, mode="bilinear", align_corners=False)
+        logits = self.frame_logits(out["pred_masks"], size)
         probs = torch.sigmoid(out["object_score_logits"].float()).reshape(-1)
         return (logits[:, 0] > 0).cpu().numpy(), probs.cpu().numpy()
+
+    def frame_logits(self, low_res: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """SAM2's low-res logits (N, 1, S/4, S/4) at frame size (N, 1, H, W), float32.
+
+        ``sam.mask_upsample``: "direct" (one bilinear step) or "via_input" (bilinear to S x S, as
+        SAM2's video predictor returns them, then to H x W: the references' two steps).
+        """
+        x = low_res.float()
+        if self.config.sam.mask_upsample == "via_input":
+            s = self.config.sam.image_size
+            x = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False)
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
     def _prediction(
         self, e, expression, answer, positions, tracks, scores, keyframes, attention, timings, video
@@ -494,7 +553,8 @@ class ReviosaModel(nn.Module):
                 vision_mass=attention.vision_mass[e : e + 1].cpu(),
             )
         common = dict(expression=expression, answer=answer_text, answer_tokens=answer_tokens,
-                      keyframes=keyframes, attention=attn, timings=dict(timings))  # fmt: skip
+                      keyframes=keyframes, attention=attn, timings=dict(timings),
+                      protocol=protocol.describe(self.config))  # fmt: skip
         if positions[0] < 0:
             return Prediction(
                 **common,

@@ -6,8 +6,11 @@ Prompt layout (InternVL2.5 chat template, one image block per keyframe)::
     <|im_start|>user\\n<img><IMG_CONTEXT>*n</img>\\n ... Please segment {expression}.<|im_end|>\\n
     <|im_start|>assistant\\n
 
-The expression is tokenised on its own with special-token matching off, so text a user types
-("[SEG_TAR]", "<IMG_CONTEXT>", "<|im_end|>") stays text and can never become a control token.
+User text is tokenised with special-token matching off, so text a user types ("[SEG_TAR]",
+"<IMG_CONTEXT>", "<|im_end|>") stays text and can never become a control token. How it is
+tokenised is the protocol's ``prompt_encoding``: "whole" (the newline after the last image block,
+instruction and expression in one encode, as the references do) or "pieces" (instruction text and
+expression separately, as the built-in model was trained).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from transformers import PreTrainedTokenizerBase
 
 from reviosa import tokens
@@ -118,9 +122,13 @@ class ReviosaProcessor:
         """User text, where nothing may become a control token."""
         return self.tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True)
 
-    def prompt_ids(self, expression: str, num_frames: int) -> list[int]:
-        """Token ids of the whole prompt up to and including the assistant header."""
-        expression = clean_expression(expression, self.cfg.max_expression_chars)
+    def prompt_ids(self, expression: str, num_frames: int, tiles: int = 1) -> list[int]:
+        """Token ids of the whole prompt up to and including the assistant header.
+
+        tiles: images in each frame's block (a tiled still image: its tiles and thumbnail, all in
+        one ``<img>...</img>`` block, as the references build it).
+        """
+        expression = self.normalise(expression)
         before, after = self.cfg.instruction.split("{expression}")
         ids: list[int] = []
         if self.cfg.system_prompt:
@@ -129,16 +137,38 @@ class ReviosaProcessor:
             ids += self._encode_control(f"{tokens.IM_END}\n")
         ids += self._encode_control(f"{tokens.IM_START}user\n")
         newline = self._encode_control("\n")
-        image_block = [self.ids.img_start] + [self.ids.img_context] * self.config.tokens_per_frame
-        for _ in range(num_frames):
-            ids += image_block + [self.ids.img_end] + newline
-        ids += self._encode_user(before) + self._encode_user(expression) + self._encode_user(after)
+        image_block = [self.ids.img_start] + [self.ids.img_context] * (self.config.tokens_per_frame * tiles)
+        for i in range(num_frames):
+            ids += image_block + [self.ids.img_end]
+            if i < num_frames - 1 or self.cfg.prompt_encoding == "pieces":
+                ids += newline
+        if self.cfg.prompt_encoding == "whole":
+            # The references encode the user turn in one piece: the newline after the last image
+            # block, the instruction and the expression share one encode, so BPE sees the words
+            # with their leading spaces (no lone "Ġ", no unprefixed first word).
+            ids += self._encode_user(("\n" if num_frames else "") + before + expression + after)
+        else:
+            ids += self._encode_user(before) + self._encode_user(expression) + self._encode_user(after)
         ids += self._encode_control(f"{tokens.IM_END}\n{tokens.IM_START}assistant\n")
         return ids
 
+    def normalise(self, expression: str) -> str:
+        """The expression as the protocol feeds it: validated, then lowercased and stripped of
+        ``expression_remove`` characters when the protocol says so."""
+        text = clean_expression(expression, self.cfg.max_expression_chars)
+        if self.cfg.expression_remove:
+            text = text.translate({ord(c): None for c in self.cfg.expression_remove}).strip()
+        if self.cfg.expression_lowercase:
+            text = text.lower()
+        if not text:
+            raise ValueError(
+                f"the expression {expression!r} is empty once normalised; describe who does what"
+            )
+        return text
+
     def expression_ids(self, expression: str) -> list[int]:
         """Token ids of the expression alone, as ``prompt_ids`` places them."""
-        return self._encode_user(clean_expression(expression, self.cfg.max_expression_chars))
+        return self._encode_user(self.normalise(expression))
 
     def answer_ids(self, answer: str) -> list[int]:
         """Token ids of an answer as the model should produce it, closed by <|im_end|>.
@@ -166,14 +196,24 @@ class ReviosaProcessor:
 
     def mllm_pixels(self, frames: torch.Tensor | np.ndarray) -> torch.Tensor:
         """uint8 (K, H, W, 3) keyframes -> float (K, 3, S, S), S = vision.image_size, normalised."""
-        x = torch.as_tensor(frames).permute(0, 3, 1, 2).float().div_(255.0)
         size = self.config.vision.image_size
-        # antialias: real frames are usually larger than 448 and are downscaled.
-        x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
-        x = x.clamp_(0.0, 1.0)
+        if self.cfg.resize == "pil_bicubic":
+            x = pil_resize(np.asarray(frames), size).permute(0, 3, 1, 2).float().div_(255.0)
+        else:
+            x = torch.as_tensor(frames).permute(0, 3, 1, 2).float().div_(255.0)
+            # antialias: real frames are usually larger than 448 and are downscaled.
+            x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
+            x = x.clamp_(0.0, 1.0)
         mean = torch.tensor(self.cfg.pixel_mean).view(1, 3, 1, 1)
         std = torch.tensor(self.cfg.pixel_std).view(1, 3, 1, 1)
         return (x - mean) / std
+
+
+def pil_resize(frames: np.ndarray, size: int) -> torch.Tensor:
+    """uint8 (K, H, W, 3) -> uint8 (K, size, size, 3) by PIL's bicubic filter, on uint8 as the
+    references resize (their PIL ``Image.resize`` default for RGB images)."""
+    out = [np.asarray(Image.fromarray(f).resize((size, size), Image.Resampling.BICUBIC)) for f in frames]
+    return torch.from_numpy(np.stack(out))
 
 
 def keyframe_indices(num_frames: int, k: int, strategy: str) -> list[int]:

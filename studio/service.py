@@ -301,7 +301,7 @@ def run_request(
         size=tuple(video.size),
         actor_frames=int((pred.actor.areas() > 0).sum()),
         target_frames=None if pred.target is None else int((pred.target.areas() > 0).sum()),
-        notices=notices,
+        notices=[*notices, f"`{pred.protocol}`"],  # the protocol that ran (code span: shown verbatim)
         warning=warning,
         attention=attention_view(pred, model.config, keyframe_images),
         timings=timings,
@@ -367,19 +367,24 @@ def check_expression(expression: str | None, limits: Limits, model) -> str:
 
 
 def open_video(path: str | Path | None, options: RunOptions, limits: Limits):
-    """Open the clip lazily within the caps. Returns (VideoFile, notices for the user)."""
+    """Open the clip lazily within the caps (a jpg / png / webp: a one-frame clip).
+    Returns (VideoFile or StillImage, notices for the user)."""
     from reviosa.caps import reduction_notices
+    from reviosa.image import is_image_path
     from reviosa.video import VideoLimits
 
     if not path:
-        raise UserError("Upload a clip (mp4, webm, mov, avi, mkv or gif) or pick an example first.")
+        raise UserError(
+            "Upload a clip (mp4, webm, mov, avi, mkv or gif) or an image (jpg, png, webp), or pick an example first."
+        )
     path = Path(path)
     if path.is_file() and path.stat().st_size > limits.max_upload_bytes:
         raise UserError(
             f"{path.name} is {path.stat().st_size / 2**20:.0f} MB; the limit is {limits.max_upload_mb} MB. "
             "Trim or compress the clip."
         )
-    _check_duration(probe_duration(path), path.name, limits)
+    if not is_image_path(path):
+        _check_duration(probe_duration(path), path.name, limits)
     caps = VideoLimits(
         max_frames=min(options.max_frames or limits.max_frames, limits.max_frames),
         stride=max(1, int(options.stride or 1)),
@@ -397,35 +402,40 @@ def open_video(path: str | Path | None, options: RunOptions, limits: Limits):
 
 
 def _video_file(path: Path, caps):
-    """`VideoFile` with its errors as `UserError`s: the file's own name (never the server's folder)."""
-    from reviosa.video import VideoError, VideoFile
+    """`VideoFile` (or `StillImage` for a jpg / png / webp) with its errors as `UserError`s: the file's
+    own name (never the server's folder)."""
+    from reviosa.image import open_media
 
     try:
-        return VideoFile(path, caps)
+        return open_media(path, caps)
     except FileNotFoundError as err:
         raise UserError(f"{path.name} is no longer on the server; upload it again.") from err
-    except VideoError as err:
-        raise UserError(f"{err} Then upload it.") from err
+    except ValueError as err:  # VideoError, and the image reader's errors, name the file only
+        raise UserError(f"{_sentence(str(err))} Then upload it.") from err
 
 
 # (container extension, codec) pairs chromium, Firefox and Safari all play in a <video> element.
 _BROWSER_PLAYABLE = {(".mp4", "h264"), (".m4v", "h264"), (".mov", "h264"), (".webm", "vp8"), (".webm", "vp9")}
 
 
-def browser_preview(path: str | Path, limits: Limits, out_dir: Path) -> Path:
+def browser_preview(path: str | Path, limits: Limits, out_dir: Path) -> Path | None:
     """A clip the browser can play for the upload's preview: the file itself when browsers play it,
     else (avi, gif, mkv, other codecs) an H.264 mp4 of the frames the model will see (the server's
     frame and resolution caps applied), written to ``out_dir`` under the clip's own name.
 
     The model always runs on the uploaded file, never on this preview. Raises UserError like a run.
+    A still image is checked the same way and gets no video preview (None).
     """
     import av
 
+    from reviosa.image import is_image_path
     from reviosa.video import VideoLimits
     from viz.video import write_mp4
 
     path = Path(path)
     video = _video_file(path, VideoLimits(max_frames=limits.max_frames, max_side=limits.max_side))
+    if is_image_path(path):
+        return None
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         playable = (path.suffix.lower(), stream.codec_context.name) in _BROWSER_PLAYABLE and (

@@ -138,3 +138,18 @@ def test_predict_dataset_is_resumable(answering_model_dir, tmp_path):
     assert f"{n} expressions ({n - 1} already done)" in proc.stdout
     assert "expressions: 100%|" in proc.stderr  # the progress bar
     assert exp in json.loads(out.read_text())["videos"][vid]
+
+
+def test_predict_protocol_flags_override_the_saved_protocol(answering_model_dir, clip_mp4, tmp_path):
+    proc = run_cli(
+        "predict", clip_mp4, "red square pushing the blue one", "--model", answering_model_dir,
+        "--out", tmp_path / "out", "--protocol", "reference", "--keyframe-strategy", "uniform", "--no-multimask",
+    )  # fmt: skip
+    first = proc.stdout.splitlines()[0]
+    assert first.startswith("protocol custom: uniform 5 keyframes"), first
+    assert "single-mask" in first and "no object-score overwrite" in first and "memory bfloat16" in first
+    assert "answer: Sure, [SEG_ACT] and [SEG_TAR]." in proc.stdout
+    bad = run_cli(
+        "predict", clip_mp4, "a dog", "--model", answering_model_dir, "--protocol", "sam3", check=False
+    )
+    assert bad.returncode != 0 and "sam3" in bad.stderr

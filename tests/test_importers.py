@@ -378,3 +378,80 @@ def test_real_presets_match_published_parameter_counts(tiny_tokenizer, name, mll
     count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
     assert count(model.mllm) == pytest.approx(mllm_params, rel=5e-3)
     assert count(model.sam) == pytest.approx(224.4e6, rel=5e-3)
+
+
+# --- fields derived from a foreign config.json (issue 15, item 7) ------------------------------------
+
+
+def _derive(raw: dict):
+    return sources.derive_config(sources.ForeignConfig(raw), 151676, SamConfig(), "reviosa", "x")
+
+
+def test_llm_config_resaved_by_transformers_5_derives_the_same_model():
+    """transformers 5 moves rope_theta (and rope_scaling) under rope_parameters when it re-saves."""
+    from transformers import Qwen2Config
+
+    raw = foreign_config(preset("1b"), "internvl_chat")
+    expected = _derive(raw)
+    llm = {k: v for k, v in raw["llm_config"].items() if k != "model_type"}
+    resaved = Qwen2Config(**llm).to_dict()
+    assert "rope_theta" not in resaved and resaved["rope_parameters"]["rope_theta"] == 1_000_000.0
+    raw["llm_config"] = resaved
+    assert _derive(raw).text == expected.text
+    assert _derive(raw).text.rope_theta == 1_000_000.0
+
+
+def test_rope_theta_absent_or_contradictory_is_an_error_naming_the_field():
+    raw = foreign_config(preset("1b"), "internvl_chat")
+    del raw["llm_config"]["rope_theta"]
+    with pytest.raises(CheckpointError, match=r"neither rope_theta nor rope_parameters\.rope_theta"):
+        _derive(raw)
+    raw["llm_config"]["rope_theta"] = 10000.0
+    raw["llm_config"]["rope_parameters"] = {"rope_type": "default", "rope_theta": 1_000_000.0}
+    with pytest.raises(CheckpointError, match="differ"):
+        _derive(raw)
+    raw["llm_config"]["rope_theta"] = 1_000_000.0
+    raw["llm_config"]["rope_parameters"]["rope_type"] = "yarn"
+    del raw["llm_config"]["rope_scaling"]
+    with pytest.raises(CheckpointError, match="only none or 'dynamic'"):
+        _derive(raw)
+
+
+def test_absent_vision_fields_take_the_reference_class_defaults():
+    """InternVisionConfig's defaults are not ours: no qkv bias, QK norm, RMSNorm."""
+    raw = foreign_config(preset("1b"), "internvl_chat")
+    for key in ("qkv_bias", "qk_normalization", "norm_type", "layer_norm_eps"):
+        del raw["vision_config"][key]
+    vision = _derive(raw).vision
+    assert (vision.attention_bias, vision.use_qk_norm, vision.norm_type) == (False, True, "rms_norm")
+    assert vision.layer_norm_eps == 1e-6
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "message"),
+    [
+        ("llm_config", "num_key_value_heads", r"llm_config\.num_key_value_heads is missing"),
+        ("llm_config", "hidden_size", r"llm_config\.hidden_size is missing"),
+        ("vision_config", "patch_size", r"vision_config\.patch_size is missing"),
+        ("llm_config", "architectures", r"llm_config\.architectures is missing"),
+        (None, "ps_version", r"absent means the reference's default 'v1'"),
+    ],
+)
+def test_required_fields_fail_loudly(section, key, message):
+    raw = foreign_config(preset("1b"), "internvl_chat")
+    del (raw[section] if section else raw)[key]
+    with pytest.raises(CheckpointError, match=message):
+        _derive(raw)
+
+
+def test_tied_flag_follows_each_reference_config_class():
+    """InternVLChatConfig unties whatever the file says; Sa2VA's language model follows llm_config."""
+    raw = foreign_config(preset("1b"), "internvl_chat")
+    raw["llm_config"]["tie_word_embeddings"] = True
+    raw["tie_word_embeddings"] = True
+    assert _derive(raw).text.tie_word_embeddings is False
+    raw["model_type"] = "sa2va_chat"
+    with pytest.raises(CheckpointError, match="tie_word_embeddings is true"):
+        _derive(raw)
+    raw["llm_config"]["tie_word_embeddings"] = False
+    assert _derive(raw).text.tie_word_embeddings is False

@@ -1,7 +1,7 @@
 """``python -m reviosa predict``: one video and one expression, or every expression of a dataset.
 
-python -m reviosa predict VIDEO "expression" [--model M] [--out DIR]
-    -> DIR/actor/00000.png ..., DIR/target/..., DIR/results.json
+python -m reviosa predict VIDEO|IMAGE "expression" [--model M] [--out DIR]
+    -> DIR/actor/00000.png ..., DIR/target/..., DIR/results.json (an image: one frame)
 python -m reviosa predict --dataset DIR [--split S] --out RESULTS.json
     -> the results JSON of every expression (resumable: finished expressions are skipped)
 torchrun --nproc_per_node N -m reviosa predict --dataset DIR --out RESULTS.json [--device cuda]
@@ -27,7 +27,9 @@ HOW_TO_LOAD = (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("video", nargs="?", help="a video file (mp4, webm, mov, avi, mkv, gif)")
+    p.add_argument(
+        "video", nargs="?", help="a video (mp4, webm, mov, avi, mkv, gif) or an image (jpg, png, webp)"
+    )
     p.add_argument("expression", nargs="?", help='what to segment, e.g. "person walking a dog"')
     p.add_argument("--dataset", help="a dataset in the InterRVOS / MeViS layout (instead of VIDEO)")
     p.add_argument("--split", help="split folder inside --dataset (e.g. valid, test)")
@@ -51,6 +53,50 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help=f"longest expression accepted (default {MAX_EXPRESSION_CHARS}, as the studio)",
     )  # fmt: skip
     p.add_argument("--batch", type=int, default=8, help="expressions of one video run together (--dataset)")
+    add_protocol_arguments(p)
+
+
+def add_protocol_arguments(p: argparse.ArgumentParser) -> None:
+    """--protocol and one flag per switch (docs/checkpoints.md "Inference protocols")."""
+    g = p.add_argument_group("inference protocol (default: the one saved with the model)")
+    g.add_argument(
+        "--protocol", choices=["ours", "reference", "reviosa", "sa2va", "interrvos"],
+        help="'ours' = ReVIOSa Studio's, 'reference' = the model's reference (Sa2VA or InterRVOS), or a preset",
+    )  # fmt: skip
+    g.add_argument(
+        "--prompt-encoding", choices=["pieces", "whole"], help="tokenise the user text in pieces or whole"
+    )
+    g.add_argument("--lowercase", action=argparse.BooleanOptionalAction, help="lowercase the expression")
+    g.add_argument("--strip-chars", metavar="CHARS", help="characters deleted from the expression, e.g. '.'")
+    g.add_argument(
+        "--multimask", action=argparse.BooleanOptionalAction,
+        help="keyframes: SAM2's 3 masks, keep the best predicted IoU (--no-multimask: one mask)",
+    )  # fmt: skip
+    g.add_argument(
+        "--object-score-overwrite", action=argparse.BooleanOptionalAction,
+        help="empty the mask where SAM2 scores no object (sam2's -1024; the references do not)",
+    )  # fmt: skip
+    g.add_argument("--mllm-resize", choices=["torch_bicubic", "pil_bicubic"], help="keyframe resize filter")
+    g.add_argument("--sam-resize", choices=["bilinear", "pil_bicubic"], help="SAM2 input resize filter")
+    g.add_argument("--mask-upsample", choices=["direct", "via_input"], help="low-res masks to the frame")
+    g.add_argument("--memory-dtype", choices=["model", "bfloat16"], help="dtype SAM2's memory is stored in")
+    g.add_argument("--max-new-tokens", type=int, help="longest answer generated")
+    g.add_argument(
+        "--max-image-tiles", type=int, metavar="N",
+        help="still images: at most N tiles for the MLLM, plus a thumbnail (1: no tiling; the references: 12)",
+    )  # fmt: skip
+
+
+def protocol_switches(args: argparse.Namespace) -> dict:
+    """The per-switch flags given, as `ReviosaModel.with_protocol` keywords (None: not given)."""
+    return {
+        "num_keyframes": args.keyframes, "keyframe_strategy": args.keyframe_strategy,
+        "prompt_encoding": args.prompt_encoding, "expression_lowercase": args.lowercase,
+        "expression_remove": args.strip_chars, "multimask_prompted": args.multimask,
+        "object_score_overwrite": args.object_score_overwrite, "mllm_resize": args.mllm_resize,
+        "sam_resize": args.sam_resize, "mask_upsample": args.mask_upsample, "memory_dtype": args.memory_dtype,
+        "max_new_tokens": args.max_new_tokens, "max_image_tiles": args.max_image_tiles,
+    }  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -78,8 +124,12 @@ def _load_model(args):
     import torch
 
     from reviosa.hub import from_pretrained
+    from reviosa.protocol import describe
 
-    return from_pretrained(args.model, device=_rank_device(args), dtype=getattr(torch, args.dtype))
+    model = from_pretrained(args.model, device=_rank_device(args), dtype=getattr(torch, args.dtype))
+    model = model.with_protocol(args.protocol, **protocol_switches(args))
+    print(describe(model.config))
+    return model
 
 
 def _rank_device(args) -> str:
@@ -100,22 +150,21 @@ def _rank_device(args) -> str:
     return device
 
 
-def _keyframe_options(args) -> dict:
-    return {"num_keyframes": args.keyframes, "keyframe_strategy": args.keyframe_strategy}
-
-
 def _note(text: str) -> None:
     print(f"note: {text}", file=sys.stderr)
 
 
 def _open_video(args):
     from reviosa.caps import reduction_notices
-    from reviosa.video import VideoFile, VideoLimits
+    from reviosa.image import open_media
+    from reviosa.video import VideoLimits
 
     limits = VideoLimits(
         max_frames=args.max_frames or None, stride=args.stride, max_side=args.max_side or None
     )
-    video = VideoFile(args.video, limits)
+    video = open_media(
+        args.video, limits
+    )  # a jpg / png / webp: a one-frame clip (tiled if the protocol says)
     for notice in reduction_notices(
         video,
         frames_hint="Use --max-frames N (0: every frame) or --stride S to choose, or trim the clip.",
@@ -155,7 +204,7 @@ def _predict_video(model, video, expression: str, args) -> int:
     expression = clean_expression(expression, expression_limit(model, args.max_expression_chars))
     bar, report = _progress_bar(Path(args.video).name)
     with bar:
-        (pred,) = model.segment(video, [expression], progress=report, **_keyframe_options(args))
+        (pred,) = model.segment(video, [expression], progress=report)
     out = Path(args.out or f"{Path(args.video).stem}_masks")
     results.write_png_masks(pred.actor, out / "actor")
     if pred.target is not None:
@@ -217,7 +266,7 @@ def _predict_dataset(model, args) -> int:
         file=sys.stderr,
     )
     with distributed.process_group(world):
-        for video_id, entries in results.predict_videos(model, todo, args.batch, **_keyframe_options(args)):
+        for video_id, entries in results.predict_videos(model, todo, args.batch):
             own["videos"].setdefault(video_id, {}).update(entries)
             results.save(own, own_path)  # after each video: an interrupted run resumes from here
             bar.update(len(entries))

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from reviosa import protocol
 from reviosa.config import CONFIG_NAME, SamConfig
 from reviosa.hub import CheckpointError, check_state
 from reviosa.importers import keymaps, sources, vocab
@@ -153,8 +154,11 @@ def load_foreign(
     vocab.add_missing_role_tokens(state, tokenizer)
     foreign_config = sources.ForeignConfig(sources.read_json(directory / CONFIG_NAME))
     config = sources.derive_config(
-        foreign_config, state[vocab.EMBED].shape[0], sam_config, fmt.family, directory.name
-    )
+        foreign_config, state[vocab.EMBED].shape[0], sam_config, fmt.family, directory.name,
+        prompt_dim=sources.sam_prompt_dim(state),
+    )  # fmt: skip
+    # The reference's inference protocol travels with the imported model (docs/checkpoints.md).
+    config = protocol.with_protocol(config, protocol.FORMAT_PROTOCOLS[name])
     with parameters_on_meta():
         model = ReviosaModel(config, tokenizer)
     if fmt.sam_prefix is None:
