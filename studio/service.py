@@ -411,7 +411,11 @@ def _video_file(path: Path, caps):
     except FileNotFoundError as err:
         raise UserError(f"{path.name} is no longer on the server; upload it again.") from err
     except ValueError as err:  # VideoError, and the image reader's errors, name the file only
-        raise UserError(f"{_sentence(str(err))} Then upload it.") from err
+        message = str(err)
+        # A message that opens with the file's name keeps its case ("zero.mp4 is an empty file").
+        raise UserError(
+            f"{message if message.startswith(path.name) else _sentence(message)} Then upload it."
+        ) from err
 
 
 # (container extension, codec) pairs chromium, Firefox and Safari all play in a <video> element.

@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     model = predict._load_model(args)
     bar, report = predict._progress_bar(Path(args.video).name)
     with bar:
-        (pred,) = model.segment(video, [expression], progress=report, **predict._keyframe_options(args))
+        (pred,) = model.segment(video, [expression], progress=report)
     if pred.status != "ok":
         print(f"note: {pred.reason}; the actor starts empty")
     tracks = {"actor": pred.actor, "target": pred.target}
