@@ -10,7 +10,7 @@ import pytest
 
 
 def test_bench_viz_compares_ours_with_bare_ffmpeg():
-    pytest.importorskip("imageio_ffmpeg", reason="the reference encoder comes with requirements-dev.txt")
+    pytest.importorskip("imageio_ffmpeg", reason="the reference encoder comes with requirements.txt")
     from bench import bench_viz
 
     report = bench_viz.main(["--frames", "6", "--size", "64x48", "--repeat", "1", "--load", "1"])
