@@ -17,6 +17,7 @@ def test_bench_viz_compares_ours_with_bare_ffmpeg():
     assert set(report) == {0, 1}
     for figures in report.values():
         assert figures["ratio"] > 0 and figures["ours"] > 0 and figures["reference"] > 0
+        assert figures["pyav_ratio"] > 0 and figures["ours, PyAV"] > 0
 
 
 def test_bench_evaluate_matches_davis_on_both_kinds_of_masks():
