@@ -18,7 +18,7 @@ import subprocess
 import tempfile
 import threading
 import zipfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from fractions import Fraction
 from pathlib import Path
 
@@ -147,51 +147,58 @@ def _ffmpeg_command(
 def _write_mp4_ffmpeg(
     exe: str, path: Path, frames: Iterable[np.ndarray], rate: Fraction, crf: int, preset: str
 ) -> int:
-    """``write_mp4`` through an ffmpeg process; returns the number of frames written."""
-    count, first_shape, proc = 0, None, None
+    """``write_mp4`` through an ffmpeg process; returns the number of frames written.
+
+    The pipe is written by a thread of its own (``_EncoderThread``, up to ``_QUEUED_FRAMES`` frames
+    queued): the pipe holds less than a frame, so a producer writing it directly would wait for ffmpeg
+    to read each frame and ffmpeg for the producer to make the next one; the queue lets each run ahead.
+    """
+    count, first_shape, proc, writer = 0, None, None, None
     # ffmpeg's log goes to a file, not a pipe: a pipe nobody reads would stall ffmpeg once full.
     with tempfile.TemporaryFile() as log:
         try:
             for frame in frames:
                 _check_frame(frame, count, first_shape)
-                padded = np.ascontiguousarray(_pad_even(frame))
+                padded = _pad_even(frame)
                 if proc is None:
                     first_shape = frame.shape
                     command = _ffmpeg_command(exe, path, padded.shape, rate, crf, preset)
                     proc = subprocess.Popen(
                         command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log
                     )
-                # A write returns once the pipe holds the bytes (ffmpeg reads ahead in a thread of its
-                # own), so the producer may reuse its array right after; poll() notices an ffmpeg that
-                # stopped before the frames ended.
-                if proc.poll() is not None:
+                    writer = _EncoderThread(proc.stdin.write, lambda: None)
+                if proc.poll() is not None:  # ffmpeg stopped before the frames ended
                     raise _ffmpeg_error(proc, log, path)
+                # A copy (unless padding made one): the producer may reuse its array once this returns.
+                item = padded if padded is not frame else frame.copy(order="C")
                 try:
-                    proc.stdin.write(padded)
+                    writer.put(item)
                 except BrokenPipeError:
-                    proc.wait()
                     raise _ffmpeg_error(proc, log, path) from None
                 count += 1
             if proc is None:
                 raise ValueError("no frames to encode")
-            # End of the frames: ffmpeg flushes x264 and writes the index. A broken pipe here means
-            # it died with frames still buffered; its exit status says why below.
-            with contextlib.suppress(BrokenPipeError):
-                proc.stdin.close()
+            try:
+                writer.finish()
+                proc.stdin.close()  # end of the frames: ffmpeg flushes x264 and writes the index
+            except BrokenPipeError:
+                raise _ffmpeg_error(proc, log, path) from None
             if proc.wait() != 0:
                 raise _ffmpeg_error(proc, log, path)
         except BaseException:
             if proc is not None:
-                _stop(proc)
+                _stop(proc, writer)
             path.unlink(missing_ok=True)
             raise
     return count
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    """End ffmpeg without letting it finish the file (the caller failed), and reap it."""
+def _stop(proc: subprocess.Popen, writer: _EncoderThread | None) -> None:
+    """End ffmpeg without letting it finish the file (the caller failed), the writer thread, and reap."""
     if proc.poll() is None:
-        proc.kill()
+        proc.kill()  # first: a write blocked on the full pipe then fails, so the thread can end
+    if writer is not None:
+        writer.cancel()
     with contextlib.suppress(BrokenPipeError):
         proc.stdin.close()
     proc.wait()
@@ -240,7 +247,11 @@ def _write_mp4_pyav(path: Path, frames: Iterable[np.ndarray], rate: Fraction, cr
             if encoder is None:
                 first_shape = frame.shape
                 stream = _open_stream(container, rate, _pad_even(frame).shape, crf, preset)
-                encoder = _EncoderThread(container, stream)
+                encoder = _EncoderThread(
+                    lambda item, stream=stream: container.mux(stream.encode(item)),
+                    # flush the encoder's delayed frames
+                    lambda stream=stream: container.mux(stream.encode(None)),
+                )
             # from_ndarray copies the pixels: the caller may reuse its array once this returns. The
             # conversion to yuv420p is left to the encoder thread (x264's frame threads return from
             # each call at once, so that thread has the time), keeping this thread's work per frame
@@ -268,15 +279,16 @@ _FINISH = object()  # end of the frames: flush the encoder
 
 
 class _EncoderThread:
-    """Encodes and muxes ``av.VideoFrame``s put into a bounded queue, in a thread of its own.
+    """Hands the items put into a bounded queue to ``consume``, in order, in a thread of its own.
 
-    The thread owns ``stream`` and ``container`` until :meth:`finish` or :meth:`cancel` returns (it
-    never closes the container: the caller does). An exception in the thread is re-raised in the
-    caller by the next :meth:`put` or by :meth:`finish`.
+    ``consume`` is PyAV's encode + mux or the write into ffmpeg's pipe; ``flush`` runs after the last
+    item. The thread owns what they touch until :meth:`finish` or :meth:`cancel` returns (it closes
+    nothing: the caller does). An exception in the thread is re-raised in the caller by the next
+    :meth:`put` or by :meth:`finish`.
     """
 
-    def __init__(self, container, stream) -> None:
-        self._container, self._stream = container, stream
+    def __init__(self, consume: Callable[[object], None], flush: Callable[[], None]) -> None:
+        self._consume, self._flush = consume, flush
         self._queue: queue.Queue = queue.Queue(maxsize=_QUEUED_FRAMES)
         self._cancelled = threading.Event()
         self._error: BaseException | None = None
@@ -290,9 +302,9 @@ class _EncoderThread:
                 if self._cancelled.is_set():
                     return
                 if item is _FINISH:
-                    self._container.mux(self._stream.encode(None))  # flush the encoder's delayed frames
+                    self._flush()
                     return
-                self._container.mux(self._stream.encode(item))
+                self._consume(item)
         except BaseException as err:  # handed to the caller's thread, which re-raises it
             self._error = err
 
