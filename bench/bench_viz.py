@@ -3,10 +3,12 @@
 Over the same N frames, in one run, interleaved ``--repeat`` times (the fastest of each kept):
 
 - ``ours``: overlay + encode streamed as the app does it, a generator of ``overlay_frame`` results
-  into ``write_mp4`` (PyAV, its encoder in a thread of its own);
+  into ``write_mp4`` (raw frames piped to an ffmpeg process, imageio-ffmpeg's binary, the overlay
+  computed in this process while ffmpeg encodes);
 - ``reference``: the bare encoder, libx264 in a separate ffmpeg process fed through a pipe by
   imageio-ffmpeg, given the already overlaid frames (no overlay work at all), same preset and CRF;
-- for the breakdown: the overlay alone and ``write_mp4`` alone on the overlaid frames.
+- for the breakdown: the overlay alone, ``write_mp4`` alone on the overlaid frames, and ours through
+  ``write_mp4``'s PyAV fallback (its encoder in a thread of this process; used without imageio-ffmpeg).
 
 The ratio is ours over the reference's speed (frames per second). CPU time (this process's threads
 and the finished ffmpeg child) is printed beside: on a machine whose cores are all busy, the wall
@@ -31,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from viz import video
 from viz.overlay import overlay_frame
 from viz.video import DEFAULT_CRF, DEFAULT_PRESET, write_mp4
 
@@ -127,6 +130,10 @@ def side_by_side(frames, actor, target, overlaid, out: Path, args) -> dict[str, 
         "reference": lambda: reference_encode(out / "ref.mp4", overlaid, FPS, args.crf, args.preset),
         "overlay alone": lambda: [None for _ in overlays()],
         "write_mp4 alone": lambda: write_mp4(out / "enc.mp4", iter(overlaid), FPS, args.crf, args.preset),
+        # The encoder write_mp4 falls back to without imageio-ffmpeg (the one it used before).
+        "ours, PyAV": lambda: video._write_mp4_pyav(
+            out / "pyav.mp4", overlays(), video.to_fraction(FPS), args.crf, args.preset
+        ),
     }
     best = dict.fromkeys(variants, (float("inf"), float("inf")))
     for _ in range(args.repeat):
@@ -152,7 +159,8 @@ def main(argv: list[str] | None = None) -> dict:
     overlap = (actor & target).any(axis=(1, 2)).mean()
     print(
         f"{args.frames} frames {width}x{height}, overlap in {overlap:.0%} of frames; x264 preset={args.preset} "
-        f"crf={args.crf}; {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}"
+        f"crf={args.crf}; {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; write_mp4 encodes "
+        f"with {'ffmpeg (imageio-ffmpeg)' if video._ffmpeg_exe() else 'PyAV (imageio-ffmpeg missing)'}"
     )
     report = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -164,6 +172,7 @@ def main(argv: list[str] | None = None) -> dict:
             report[load] = {
                 "ratio": ratio,
                 "cpu_ratio": cpu_ratio,
+                "pyav_ratio": seconds["reference"][0] / seconds["ours, PyAV"][0],
                 **{k: args.frames / wall for k, (wall, _) in seconds.items()},
             }
             title = "no added load" if load == 0 else f"under load: {load} more busy processes"
@@ -175,6 +184,8 @@ def main(argv: list[str] | None = None) -> dict:
                     f"CPU {1e3 * cpu / args.frames:6.2f} ms/frame)"
                 )
             print(f"  ours / reference speed: {ratio:.2f}x (CPU time: reference / ours {cpu_ratio:.2f}x)")
+            pyav = seconds["reference"][0] / seconds["ours, PyAV"][0]
+            print(f"  ours through PyAV / reference speed: {pyav:.2f}x")
     return report
 
 

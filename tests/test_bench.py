@@ -10,13 +10,14 @@ import pytest
 
 
 def test_bench_viz_compares_ours_with_bare_ffmpeg():
-    pytest.importorskip("imageio_ffmpeg", reason="the reference encoder comes with requirements-dev.txt")
+    pytest.importorskip("imageio_ffmpeg", reason="the reference encoder comes with requirements.txt")
     from bench import bench_viz
 
     report = bench_viz.main(["--frames", "6", "--size", "64x48", "--repeat", "1", "--load", "1"])
     assert set(report) == {0, 1}
     for figures in report.values():
         assert figures["ratio"] > 0 and figures["ours"] > 0 and figures["reference"] > 0
+        assert figures["pyav_ratio"] > 0 and figures["ours, PyAV"] > 0
 
 
 def test_bench_evaluate_matches_davis_on_both_kinds_of_masks():

@@ -5,7 +5,10 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+import logging
 import os
+import signal
+import sys
 import threading
 import warnings
 import weakref
@@ -222,6 +225,16 @@ def test_figure6_charts_highlight_the_selection(tmp_path):
 # ---------------------------------------------------------------- video and mask export
 
 
+@pytest.fixture(params=["ffmpeg", "pyav"])
+def encoder(request, monkeypatch):
+    """Runs a test on both encoders: the ffmpeg process, and PyAV where imageio-ffmpeg is missing."""
+    if request.param == "ffmpeg":
+        pytest.importorskip("imageio_ffmpeg", reason="the ffmpeg encoder comes with requirements.txt")
+    else:
+        monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)  # import fails: the PyAV fallback
+    return request.param
+
+
 @pytest.mark.parametrize("fps", [12, 30000 / 1001])
 def test_mp4_round_trip_flat_colour(tmp_path, fps):
     color = (200, 60, 30)
@@ -234,15 +247,18 @@ def test_mp4_round_trip_flat_colour(tmp_path, fps):
     assert np.abs(back.astype(int) - np.array(color)).max() <= 4
 
 
-def test_mp4_pads_odd_sizes_and_keeps_fractional_fps(tmp_path):
+def test_mp4_pads_odd_sizes_and_keeps_fractional_fps(tmp_path, encoder):
     frames = np.zeros((3, 33, 47, 3), np.uint8)
+    frames[:, -1, :] = 200  # the last row and column are replicated into the padding
+    frames[:, :, -1] = 200
     back, back_fps = video.read_mp4(video.write_mp4(tmp_path / "odd.mp4", frames, fps=29.97))
     assert back.shape == (3, 34, 48, 3)
     assert back_fps == pytest.approx(29.97, abs=1e-9)
+    assert back[:, 2:30, 2:44].max() < 12 and back[:, -1, 2:44].min() > 150
     assert video.to_fraction(30000 / 1001) == video.to_fraction(29.97002997002997)
 
 
-def test_mp4_streams_frames_and_rejects_bad_input(tmp_path):
+def test_mp4_streams_frames_and_rejects_bad_input(tmp_path, encoder):
     alive = []
 
     def generate():
@@ -254,12 +270,17 @@ def test_mp4_streams_frames_and_rejects_bad_input(tmp_path):
             alive.append(weakref.ref(frame))
             yield frame
 
+    before = _child_processes()
     video.write_mp4(tmp_path / "stream.mp4", generate(), fps=5)
     with pytest.raises(ValueError, match="no frames"):
         video.write_mp4(tmp_path / "empty.mp4", iter(()), fps=5)
     assert not (tmp_path / "empty.mp4").exists()
     with pytest.raises(ValueError, match="shape"):
         video.write_mp4(tmp_path / "mixed.mp4", [_flat(16, 16), _flat(16, 18)], fps=5)
+    assert not (tmp_path / "mixed.mp4").exists()
+    with pytest.raises(ValueError, match="uint8"):
+        video.write_mp4(tmp_path / "float.mp4", [np.zeros((16, 16, 3))], fps=5)
+    assert not _encoder_threads() and _child_processes() == before
 
 
 def _encoder_threads() -> list:
@@ -277,8 +298,28 @@ def _child_processes() -> list[int]:
     return children
 
 
-def test_mp4_frames_come_back_in_order_and_all_of_them(tmp_path):
-    # 40 frames (10x the encoder's queue), each a different grey: order and count survive the thread.
+def test_mp4_encodes_in_an_ffmpeg_process_or_says_it_falls_back(tmp_path, encoder, caplog):
+    before = set(_child_processes())
+    during = []
+
+    def frames():
+        for i in range(8):
+            if i == 4:
+                during.extend(set(_child_processes()) - before)
+            yield _flat(32, 32, 20 * i)
+
+    with caplog.at_level(logging.DEBUG, logger="viz.video"):
+        video.write_mp4(tmp_path / "which.mp4", frames(), fps=5)
+    # The ffmpeg process encodes while the producer runs; the fallback starts no process and says so.
+    if encoder == "ffmpeg":
+        assert len(during) == 1 and "write_mp4 encodes with ffmpeg" in caplog.text
+    else:
+        assert during == [] and "imageio-ffmpeg is not installed: write_mp4 encodes with PyAV" in caplog.text
+    assert video.read_mp4(tmp_path / "which.mp4")[0].shape == (8, 32, 32, 3)
+
+
+def test_mp4_frames_come_back_in_order_and_all_of_them(tmp_path, encoder):
+    # 40 frames (10x the PyAV encoder's queue), each a different grey: order and count survive.
     levels = [16 + 5 * i for i in range(40)]
     frames = (np.full((32, 48, 3), level, np.uint8) for level in levels)
     before = _child_processes()
@@ -288,8 +329,9 @@ def test_mp4_frames_come_back_in_order_and_all_of_them(tmp_path):
     assert not _encoder_threads() and _child_processes() == before
 
 
-def test_mp4_encoder_error_reaches_the_caller(tmp_path, monkeypatch):
-    """An exception inside the encoder thread is raised by write_mp4, the file removed, the thread gone."""
+def test_mp4_pyav_encoder_error_reaches_the_caller(tmp_path, monkeypatch):
+    """An exception inside the PyAV encoder thread is raised by write_mp4, the file removed, the thread gone."""
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)  # the PyAV fallback
     real_open = video._open_stream
 
     class Failing:
@@ -317,7 +359,49 @@ def test_mp4_encoder_error_reaches_the_caller(tmp_path, monkeypatch):
     assert len(produced) < 20  # the caller stopped soon after, not at the end of the frames
 
 
-def test_mp4_producer_error_stops_the_encoder(tmp_path):
+def test_mp4_ffmpeg_error_reaches_the_caller_with_its_log(tmp_path):
+    """ffmpeg refusing the options: its log's end is raised, without server paths, the process reaped."""
+    pytest.importorskip("imageio_ffmpeg", reason="the ffmpeg encoder comes with requirements.txt")
+    produced = []
+    before = _child_processes()
+
+    def frames():
+        for i in range(200):
+            produced.append(i)
+            yield _flat(480, 854)  # 1.2 MB a frame: more than a pipe holds, so each write waits for ffmpeg
+
+    with pytest.raises(RuntimeError, match="ffmpeg stopped") as caught:
+        video.write_mp4(tmp_path / "broken.mp4", frames(), fps=5, preset="no-such-preset")
+    assert "no-such-preset" in str(caught.value)  # x264's own complaint, from ffmpeg's log
+    assert not (tmp_path / "broken.mp4").exists()
+    assert len(produced) < 40  # the caller stopped soon after, not at the end of the frames
+    # A folder that does not exist: ffmpeg's message names the file, not where it lives on the server.
+    with pytest.raises(RuntimeError, match="ffmpeg stopped") as caught:
+        video.write_mp4(tmp_path / "missing" / "out.mp4", [_flat(16, 16)], fps=5)
+    assert "out.mp4" in str(caught.value) and str(tmp_path) not in str(caught.value)
+    assert _child_processes() == before
+
+
+def test_mp4_ffmpeg_dying_mid_stream_is_raised(tmp_path):
+    pytest.importorskip("imageio_ffmpeg", reason="the ffmpeg encoder comes with requirements.txt")
+    before = set(_child_processes())
+
+    def frames():
+        for i in range(200):
+            if i == 5:
+                for pid in set(_child_processes()) - before:
+                    os.kill(pid, signal.SIGKILL)
+            yield _flat(240, 320)
+
+    with pytest.raises(RuntimeError, match=r"ffmpeg stopped \(exit status -9\)"):
+        video.write_mp4(tmp_path / "killed.mp4", frames(), fps=5)
+    assert not (tmp_path / "killed.mp4").exists()
+    assert set(_child_processes()) == before
+
+
+def test_mp4_producer_error_stops_the_encoder(tmp_path, encoder):
+    before = _child_processes()
+
     def frames():
         for i in range(10):
             if i == 6:
@@ -327,10 +411,10 @@ def test_mp4_producer_error_stops_the_encoder(tmp_path):
     with pytest.raises(KeyError, match="frame source failed"):
         video.write_mp4(tmp_path / "partial.mp4", frames(), fps=5)
     assert not (tmp_path / "partial.mp4").exists()
-    assert not _encoder_threads()
+    assert not _encoder_threads() and _child_processes() == before
 
 
-def test_mp4_frame_reused_by_the_producer_is_encoded_as_it_was(tmp_path):
+def test_mp4_frame_reused_by_the_producer_is_encoded_as_it_was(tmp_path, encoder):
     # A producer that refills one buffer: each frame must be taken when given, not when encoded.
     buffer = np.zeros((16, 16, 3), np.uint8)
 

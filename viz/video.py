@@ -13,9 +13,12 @@ import contextlib
 import io
 import logging
 import queue
+import re
+import subprocess
+import tempfile
 import threading
 import zipfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from fractions import Fraction
 from pathlib import Path
 
@@ -69,40 +72,186 @@ def write_mp4(
 ) -> Path:
     """Encode RGB frames to an H.264 (libx264, yuv420p) mp4 at ``fps``, one frame at a time.
 
-    The encoder runs in a thread of its own (``_EncoderThread``; PyAV releases the GIL while x264
-    works), so producing the next frame (an overlay, say) overlaps encoding the previous ones, as it
-    would with a separate ffmpeg process. ``frames`` is consumed in the calling thread; at most
-    ``_QUEUED_FRAMES`` frames wait between the two.
+    The encoder is an ffmpeg process of its own (imageio-ffmpeg's binary, ``_ffmpeg_exe``) fed raw
+    rgb24 frames through a pipe, so producing the next frame (an overlay, say) in the calling thread
+    overlaps the encoding of the previous ones, and x264 runs with the threads the ffmpeg command line
+    gives it. Without imageio-ffmpeg, PyAV encodes in a thread of this process (``_EncoderThread``),
+    same options, with less of the cores kept busy (docs/benchmarks.md).
 
     Args:
         path: output file (overwritten).
         frames: iterable of uint8 (H, W, 3) RGB frames, all the same size; a generator is consumed
-            lazily. Odd H or W are padded by one pixel (see ``_pad_even``).
+            lazily, and a frame may be reused by the producer once the next one is requested. Odd H or
+            W are padded by one pixel (see ``_pad_even``).
         fps: frame rate; fractional rates are kept exact (``to_fraction``).
         crf: x264 constant rate factor (lower = better quality, bigger file).
         preset: x264 speed preset.
     Returns:
         ``path`` as a Path. Raises ValueError (and removes the partial file) if ``frames`` is empty or a
-        frame has a different shape from the first; an error of the encoder or of ``frames`` itself is
-        raised here too, the partial file removed and the encoder thread ended.
+        frame has a different shape from the first; an error of the encoder (RuntimeError with the end
+        of ffmpeg's log) or of ``frames`` itself is raised here too, the partial file removed and the
+        encoder (process or thread) ended.
     """
     path = Path(path)
     rate = to_fraction(fps)
+    exe = _ffmpeg_exe()
+    if exe is None:
+        count = _write_mp4_pyav(path, frames, rate, crf, preset)
+    else:
+        count = _write_mp4_ffmpeg(exe, path, frames, rate, crf, preset)
+    logger.debug("wrote %d frames at %s fps to %s", count, rate, path)
+    return path
+
+
+def _ffmpeg_exe() -> str | None:
+    """imageio-ffmpeg's ffmpeg binary, or None (PyAV encodes instead) when it is not installed."""
+    try:
+        import imageio_ffmpeg
+    except ImportError:
+        logger.debug("imageio-ffmpeg is not installed: write_mp4 encodes with PyAV")
+        return None
+    try:
+        exe = imageio_ffmpeg.get_ffmpeg_exe()
+    except RuntimeError as err:  # a platform without a bundled binary and no ffmpeg on PATH
+        logger.debug("imageio-ffmpeg has no ffmpeg binary (%s): write_mp4 encodes with PyAV", err)
+        return None
+    logger.debug("write_mp4 encodes with ffmpeg (%s)", exe)
+    return exe
+
+
+def _check_frame(frame: np.ndarray, count: int, first_shape: tuple[int, ...] | None) -> None:
+    if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+        raise ValueError(f"frame {count}: expected uint8 (H, W, 3), got {frame.dtype} {frame.shape}")
+    if first_shape is not None and frame.shape != first_shape:
+        raise ValueError(f"frame {count} has shape {frame.shape}, the first frame {first_shape}")
+
+
+# --------------------------------------------------------------------------- ffmpeg process
+
+
+def _ffmpeg_command(
+    exe: str, path: Path, shape: tuple[int, ...], rate: Fraction, crf: int, preset: str
+) -> list[str]:
+    """ffmpeg reading raw rgb24 (H, W) frames on stdin, writing libx264 yuv420p to ``path``."""
+    height, width = shape[:2]
+    return [
+        exe, "-hide_banner", "-nostats", "-loglevel", "error",
+        "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}",
+        "-framerate", f"{rate.numerator}/{rate.denominator}", "-i", "pipe:0",
+        "-an", "-c:v", "libx264", "-preset", preset, "-crf", str(crf), "-pix_fmt", "yuv420p",
+        # faststart moves the index to the front so a browser can play the file while it downloads.
+        "-movflags", "+faststart", "-f", "mp4", "-y", f"file:{path}",  # file: so no name reads as an option or protocol
+    ]  # fmt: skip
+
+
+def _write_mp4_ffmpeg(
+    exe: str, path: Path, frames: Iterable[np.ndarray], rate: Fraction, crf: int, preset: str
+) -> int:
+    """``write_mp4`` through an ffmpeg process; returns the number of frames written.
+
+    The pipe is written by a thread of its own (``_EncoderThread``, up to ``_QUEUED_FRAMES`` frames
+    queued): the pipe holds less than a frame, so a producer writing it directly would wait for ffmpeg
+    to read each frame and ffmpeg for the producer to make the next one; the queue lets each run ahead.
+    """
+    count, first_shape, proc, writer = 0, None, None, None
+    # ffmpeg's log goes to a file, not a pipe: a pipe nobody reads would stall ffmpeg once full.
+    with tempfile.TemporaryFile() as log:
+        try:
+            for frame in frames:
+                _check_frame(frame, count, first_shape)
+                padded = _pad_even(frame)
+                if proc is None:
+                    first_shape = frame.shape
+                    command = _ffmpeg_command(exe, path, padded.shape, rate, crf, preset)
+                    proc = subprocess.Popen(
+                        command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log
+                    )
+                    writer = _EncoderThread(proc.stdin.write, lambda: None)
+                if proc.poll() is not None:  # ffmpeg stopped before the frames ended
+                    raise _ffmpeg_error(proc, log, path)
+                # A copy (unless padding made one): the producer may reuse its array once this returns.
+                item = padded if padded is not frame else frame.copy(order="C")
+                try:
+                    writer.put(item)
+                except BrokenPipeError:
+                    raise _ffmpeg_error(proc, log, path) from None
+                count += 1
+            if proc is None:
+                raise ValueError("no frames to encode")
+            try:
+                writer.finish()
+                proc.stdin.close()  # end of the frames: ffmpeg flushes x264 and writes the index
+            except BrokenPipeError:
+                raise _ffmpeg_error(proc, log, path) from None
+            if proc.wait() != 0:
+                raise _ffmpeg_error(proc, log, path)
+        except BaseException:
+            if proc is not None:
+                _stop(proc, writer)
+            path.unlink(missing_ok=True)
+            raise
+    return count
+
+
+def _stop(proc: subprocess.Popen, writer: _EncoderThread | None) -> None:
+    """End ffmpeg without letting it finish the file (the caller failed), the writer thread, and reap."""
+    if proc.poll() is None:
+        proc.kill()  # first: a write blocked on the full pipe then fails, so the thread can end
+    if writer is not None:
+        writer.cancel()
+    with contextlib.suppress(BrokenPipeError):
+        proc.stdin.close()
+    proc.wait()
+
+
+# The lines of ffmpeg's log that an error carries: its first errors are the cause (x264's "invalid
+# preset", a missing folder), the lines after them the consequences ("Nothing was written ...").
+_LOG_LINES = 3
+_LOG_LINE_CHARS = 200
+# An absolute path, cut down to its last component (messages show no server paths), and the object
+# addresses ffmpeg prints ("[libx264 @ 0x55d0...]"), noise to a user.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.])/(?:[^\s/:'\"]+/)+([^\s/:'\"]*)")
+_ADDRESS = re.compile(r" @ 0x[0-9a-f]+")
+
+
+def _ffmpeg_error(proc: subprocess.Popen, log, path: Path) -> RuntimeError:
+    """The error for an ffmpeg that stopped: its exit status and the first lines of its log."""
+    proc.wait()
+    log.seek(0)
+    lines = [line.strip() for line in log.read().decode("utf-8", "replace").splitlines() if line.strip()]
+    shown = [
+        _ADDRESS.sub("", _ABSOLUTE_PATH.sub(r"\1", line))[:_LOG_LINE_CHARS] for line in lines[:_LOG_LINES]
+    ]
+    if len(lines) > _LOG_LINES:
+        shown.append(f"(and {len(lines) - _LOG_LINES} more lines)")
+    detail = ": " + " | ".join(shown) if shown else " (it printed nothing)"
+    return RuntimeError(f"ffmpeg stopped (exit status {proc.returncode}) while encoding {path.name}{detail}")
+
+
+# ------------------------------------------------------------------------ PyAV fallback
+
+
+def _write_mp4_pyav(path: Path, frames: Iterable[np.ndarray], rate: Fraction, crf: int, preset: str) -> int:
+    """``write_mp4`` through PyAV, its encoder in a thread of its own; returns the number of frames.
+
+    PyAV releases the GIL while x264 works, so producing the next frame overlaps encoding the
+    previous ones; at most ``_QUEUED_FRAMES`` frames wait between the two threads.
+    """
     count = 0
-    # faststart moves the index to the front so a browser can play the file while it downloads.
     container = av.open(str(path), mode="w", options={"movflags": "+faststart"})
     encoder = None
     try:
         first_shape = None
         for frame in frames:
-            if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
-                raise ValueError(f"frame {count}: expected uint8 (H, W, 3), got {frame.dtype} {frame.shape}")
+            _check_frame(frame, count, first_shape)
             if encoder is None:
                 first_shape = frame.shape
                 stream = _open_stream(container, rate, _pad_even(frame).shape, crf, preset)
-                encoder = _EncoderThread(container, stream)
-            elif frame.shape != first_shape:
-                raise ValueError(f"frame {count} has shape {frame.shape}, the first frame {first_shape}")
+                encoder = _EncoderThread(
+                    lambda item, stream=stream: container.mux(stream.encode(item)),
+                    # flush the encoder's delayed frames
+                    lambda stream=stream: container.mux(stream.encode(None)),
+                )
             # from_ndarray copies the pixels: the caller may reuse its array once this returns. The
             # conversion to yuv420p is left to the encoder thread (x264's frame threads return from
             # each call at once, so that thread has the time), keeping this thread's work per frame
@@ -119,8 +268,7 @@ def write_mp4(
         path.unlink(missing_ok=True)
         raise
     container.close()
-    logger.debug("wrote %d frames at %s fps to %s", count, rate, path)
-    return path
+    return count
 
 
 # Frames waiting for the encoder thread: enough to absorb uneven frame times, few enough that memory
@@ -131,15 +279,16 @@ _FINISH = object()  # end of the frames: flush the encoder
 
 
 class _EncoderThread:
-    """Encodes and muxes ``av.VideoFrame``s put into a bounded queue, in a thread of its own.
+    """Hands the items put into a bounded queue to ``consume``, in order, in a thread of its own.
 
-    The thread owns ``stream`` and ``container`` until :meth:`finish` or :meth:`cancel` returns (it
-    never closes the container: the caller does). An exception in the thread is re-raised in the
-    caller by the next :meth:`put` or by :meth:`finish`.
+    ``consume`` is PyAV's encode + mux or the write into ffmpeg's pipe; ``flush`` runs after the last
+    item. The thread owns what they touch until :meth:`finish` or :meth:`cancel` returns (it closes
+    nothing: the caller does). An exception in the thread is re-raised in the caller by the next
+    :meth:`put` or by :meth:`finish`.
     """
 
-    def __init__(self, container, stream) -> None:
-        self._container, self._stream = container, stream
+    def __init__(self, consume: Callable[[object], None], flush: Callable[[], None]) -> None:
+        self._consume, self._flush = consume, flush
         self._queue: queue.Queue = queue.Queue(maxsize=_QUEUED_FRAMES)
         self._cancelled = threading.Event()
         self._error: BaseException | None = None
@@ -153,9 +302,9 @@ class _EncoderThread:
                 if self._cancelled.is_set():
                     return
                 if item is _FINISH:
-                    self._container.mux(self._stream.encode(None))  # flush the encoder's delayed frames
+                    self._flush()
                     return
-                self._container.mux(self._stream.encode(item))
+                self._consume(item)
         except BaseException as err:  # handed to the caller's thread, which re-raises it
             self._error = err
 
