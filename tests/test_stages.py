@@ -254,6 +254,22 @@ def test_stages_3_to_5_run_from_the_stage_files_and_report(stage12, recipe, tmp_
         assert title in report
     assert report.index("Stage 1") < report.index("Stage 2") < report.index("Stage 5")
     assert "Not run yet" not in report
+    assert "State: tower done (3 steps); QA done (3 steps, 18 held-out questions)" in report
+
+
+def test_stage1_report_from_a_tower_under_way(recipe, tmp_path):
+    """A stage-1 folder killed during the tower phase reports its newest probe figures and says how
+    it resumes (``--phase report`` trains nothing)."""
+    from train.stages import vision_tower, vl_pretrain
+
+    model = vl_pretrain.build(recipe, [])
+    cfg = vision_tower.PretrainConfig(steps=4, batch=4, val_scenes=8, every=2)
+    (tmp_path / "s1").mkdir()
+    vision_tower.pretrain(model, cfg, lambda _m: None, tmp_path / "s1" / vision_tower.STATE)
+    vl_pretrain.main(["--out", str(tmp_path / "s1"), "--phase", "report", "--report", str(tmp_path / "rep")])
+    section = (tmp_path / "rep" / "vl_pretrain.md").read_text()
+    assert "tower under way (step 4" in section and "QA not run yet" in section
+    assert "probe reads shape" in section and "LLM answers" not in section
 
 
 def test_ablation_summary_is_mean_and_spread_over_seeds():

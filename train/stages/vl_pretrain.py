@@ -334,9 +334,11 @@ def build(recipe: str, model_sets: list[str], tokenizer=None, seed: int = 0) -> 
 
 
 def gates(tower: dict, qa: dict) -> list[report.Gate]:
+    """The stage's gate figures that the records hold (a phase not run yet has none)."""
     out = [
         report.Gate(f"probe reads {a} (held-out objects)", tower[a], 0.95)
         for a in ("colour", "shape", "size")
+        if a in tower
     ]
     out += [
         report.Gate(f"LLM answers {k} questions (held-out clips)", qa[f"qa_{k}"], 0.9)
@@ -344,6 +346,38 @@ def gates(tower: dict, qa: dict) -> list[report.Gate]:
         if f"qa_{k}" in qa
     ]
     return out
+
+
+def stage_records(out: Path) -> tuple[dict, dict, str]:
+    """The newest tower and QA validation records in the stage folder, and what state it is in."""
+    tower, qa, state = {}, {}, []
+    if (out / vision_tower.REPORT).is_file():
+        tower = json.loads((out / vision_tower.REPORT).read_text())["records"][-1]
+        state.append(f"tower done ({tower['step']} steps)")
+    elif (out / vision_tower.STATE).is_file():
+        records = torch.load(out / vision_tower.STATE, weights_only=False)["records"]
+        tower = records[-1] if records else {}
+        state.append(
+            f"tower under way (step {tower.get('step', 0)}; resumes from `{out / vision_tower.STATE}`)"
+        )
+    if (out / QA_RECORDS).is_file():
+        qa = json.loads((out / QA_RECORDS).read_text())["records"][-1]
+        state.append(f"QA done ({qa['step']} steps, {int(sum(v for k, v in qa.items() if k.endswith('_n')))} "
+                     "held-out questions)")  # fmt: skip
+    else:
+        state.append("QA not run yet")
+    return tower, qa, "; ".join(state)
+
+
+def write_report(out: Path, command: str, folder: Path) -> None:
+    """Stage 1's section of the report, from what the stage folder holds."""
+    tower, qa, state = stage_records(out)
+    figures = {f"probe_{a}": tower[a] for a in vision_tower.ATTRIBUTES if a in tower}
+    figures |= {k: v for k, v in qa.items() if k.startswith("qa_") and not k.endswith("_n")}
+    wall = tower.get("seconds", 0.0) + qa.get("seconds", 0.0)
+    report.write_section("vl_pretrain", "Stage 1: vision-language pretraining", command, wall,
+                         gates(tower, qa), figures, f"State: {state}. Folder: `{out}`.", folder)  # fmt: skip
+    report.assemble(folder)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -355,8 +389,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--model", action="append", default=[], metavar="KEY=VALUE", help="a model config field"
     )
-    parser.add_argument("--phase", choices=("both", "tower", "qa"), default="both")
-    parser.add_argument("--tower-steps", type=int, default=16000)
+    parser.add_argument(
+        "--phase",
+        choices=("both", "tower", "qa", "report"),
+        default="both",
+        help="report: only write the section from what OUT holds",
+    )
+    parser.add_argument("--tower-steps", type=int, default=12000)
     parser.add_argument("--tower-lr", type=float, default=1e-3)
     parser.add_argument("--qa-steps", type=int, default=QAConfig.steps)
     parser.add_argument("--qa-lr", type=float, default=QAConfig.lr)
@@ -369,8 +408,15 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    command = "python -m train.stages.vl_pretrain " + shlex.join(sys.argv[1:] if argv is None else argv)
+    if args.phase != "report":
+        train_phases(args, out)
+    if args.report:
+        write_report(out, command, Path(args.report))
+
+
+def train_phases(args, out: Path) -> None:
     model = build(args.recipe, args.model, seed=args.seed)
-    t0 = time.perf_counter()
     tower_file = out / vision_tower.WEIGHTS
     if args.phase in ("both", "tower") and not tower_file.is_file():
         tcfg = vision_tower.PretrainConfig(
@@ -385,7 +431,7 @@ def main(argv: list[str] | None = None) -> None:
         (out / vision_tower.REPORT).write_text(
             json.dumps({"config": asdict(tcfg), "records": records}, indent=2) + "\n"
         )
-    if args.phase == "tower":
+    if args.phase == "tower" or (out / MLLM).is_file():
         return
     vision_tower.load_vision(model, tower_file)
     qcfg = QAConfig(
@@ -396,21 +442,7 @@ def main(argv: list[str] | None = None) -> None:
     (out / QA_RECORDS).write_text(
         json.dumps({"config": asdict(qcfg), "records": qa_records}, indent=2) + "\n"
     )
-    if args.report:
-        tower = json.loads((out / vision_tower.REPORT).read_text())["records"][-1]
-        qa = qa_records[-1]
-        wall = tower.get("seconds", 0.0) + qa["seconds"]
-        figures = {f"probe_{a}": tower[a] for a in vision_tower.ATTRIBUTES} | {
-            k: v for k, v in qa.items() if k.startswith("qa_") and not k.endswith("_n")
-        }
-        command = "python -m train.stages.vl_pretrain " + shlex.join(sys.argv[1:] if argv is None else argv)
-        notes = (f"Tower: {tower['step']} steps (`{tower_file}`); QA: {qa['step']} steps on "
-                 f"{int(sum(v for k, v in qa.items() if k.endswith('_n')))} held-out questions "
-                 f"(`{out / MLLM}`). Wall time of this call: {(time.perf_counter() - t0) / 60:.1f} min.")  # fmt: skip
-        report.write_section("vl_pretrain", "Stage 1: vision-language pretraining", command, wall,
-                             gates(tower, qa), figures, notes, Path(args.report))  # fmt: skip
-        report.assemble(Path(args.report))
-    print(f"wrote {out / MLLM}")
+    logger.info("wrote %s", out / MLLM)
 
 
 if __name__ == "__main__":
