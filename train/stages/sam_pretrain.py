@@ -425,8 +425,13 @@ def pretrain(
 
 def _checkpoint(sam, opt, sched, step, cfg, records, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    save_sam(sam, out / WEIGHTS)
-    torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step}, out / STATE)
+    # Written aside and renamed: a copy (or a commit) never reads a half-written file.
+    save_sam(sam, out / (WEIGHTS + ".tmp"))
+    torch.save(
+        {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step}, out / (STATE + ".tmp")
+    )
+    (out / (WEIGHTS + ".tmp")).replace(out / WEIGHTS)
+    (out / (STATE + ".tmp")).replace(out / STATE)
     (out / RECORDS).write_text(json.dumps({"config": asdict(cfg), "records": records}, indent=2) + "\n")
 
 

@@ -207,11 +207,13 @@ def pretrain(
             losses = []
             if state_path is not None:
                 parts = {name: part.state_dict() for name, part in vision_parts(model).items()}
+                # Written aside and renamed: a copy (or a commit) never reads a half-written file.
                 torch.save(
                     {"parts": parts, "heads": heads.state_dict(), "optimizer": opt.state_dict(),
                      "scheduler": sched.state_dict(), "step": step, "records": records},
-                    state_path,
+                    state_path.with_suffix(".tmp"),
                 )  # fmt: skip
+                state_path.with_suffix(".tmp").replace(state_path)
     for p, flag in zip(params, flags, strict=True):
         p.requires_grad_(flag)
     return records
