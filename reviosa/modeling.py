@@ -692,7 +692,7 @@ class ReviosaModel(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``decode_frames`` on features from ``encode_frames`` (f frames per clip or row).
 
-        points: optional SAM2 clicks with the prompts (training probes, ``train.probe_sam``):
+        points: optional SAM2 clicks with the prompts (training probes, ``train.probes.probe_sam``):
         coordinates float (B, R, F, P, 2) in input pixels and labels long (B, R, F, P).
         """
         b, r = prompts.shape[:2]

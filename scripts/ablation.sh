@@ -5,6 +5,7 @@
 # scored with predict --dataset + evaluate on one generated test split. LOSSES picks the terms:
 #   paper:  the paper's losses only (seg + AML + text; the recipe's extra terms and stages off)
 #   recipe: the built-in recipe as it is (its stages and extra terms on); only [SEG_TAR] and AML vary
+# (The staged version, from one stage-3 checkpoint with several seeds: python -m train.stages.ablation.)
 # Usage: scripts/ablation.sh [STEPS] [TEST_CLIPS] [OUT] [LOSSES]
 #   (writes OUT/ablation.md and OUT/*.json)
 set -euo pipefail

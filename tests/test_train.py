@@ -804,7 +804,7 @@ def test_all_objects_baseline_predicts_the_union_and_scores(synth_root, tmp_path
     from reviosa.data import InterRVOSDataset
     from reviosa.evaluation import evaluate_results
     from reviosa.results import load
-    from train.baselines import main
+    from train.probes.baselines import main
 
     out = tmp_path / "all.json"
     main(["all-objects", "--data", str(synth_root), "--split", "train", "--out", str(out)])
@@ -841,7 +841,7 @@ def test_ablation_table_reads_the_scores(tmp_path):
 def test_diagnose_reports_prompt_following(tiny_parts):
     """The diagnostics run on a tiny model and report what they claim: the truth's actor and target
     never overlap in the tiny split, and a zero prompt moves an untrained decoder's logits."""
-    from train.diagnose import diagnose
+    from train.probes.diagnose import diagnose
 
     _, model, ds = tiny_parts
     stats = diagnose(model, ds, count=2)
@@ -864,7 +864,7 @@ def test_diagnose_reports_prompt_following(tiny_parts):
 def test_link_stats_by_hand():
     """Attention all on the referent scores 1 beside its token share; prompts equal to their
     examples have no error and are nearer their own; swapped prompts are nearer the other's."""
-    from train.diagnose import link_stats
+    from train.probes.diagnose import link_stats
 
     grids = torch.zeros(1, 2, 1, 2, 2)
     grids[0, 0, 0, 0, 0] = 1.0  # actor: one token of four
@@ -911,7 +911,7 @@ def test_example_grad_switches_the_encoders_path_through_the_pooled_prompts(tiny
 
 
 def test_sample_clicks_land_inside_their_masks():
-    from train.probe_sam import sample_clicks
+    from train.probes.probe_sam import sample_clicks
 
     masks = torch.zeros(1, 2, 2, 8, 8)
     masks[0, 0, 0, 3, 5] = 1.0  # one pixel: the click must be its centre
@@ -950,7 +950,7 @@ def test_clicks_steer_the_decoder_per_role_and_frame(tiny_parts):
 
 
 def test_probe_sam_trains_a_fresh_sam_alone(tiny_parts):
-    from train.probe_sam import ProbeSettings, probe
+    from train.probes.probe_sam import ProbeSettings, probe
 
     _, model, ds = tiny_parts
     llm_before = model.prompt_proj[0].weight.clone()
@@ -971,7 +971,7 @@ def test_probe_sam_trains_a_fresh_sam_alone(tiny_parts):
 
 def test_probe_words_named_and_fit():
     from reviosa.data.synth_render import COLOURS, SHAPES
-    from train.probe_words import fit_probe, named
+    from train.probes.probe_words import fit_probe, named
 
     assert (
         named("the two crosses", SHAPES) == "cross"
@@ -993,7 +993,7 @@ def test_probe_words_reads_the_referent_at_every_site(tiny_parts):
     """The probe's input features are the projector's outputs under the referent's grid cells; its
     example and prompt features are the model's example and [SEG_ACT] prompts for that row."""
     from train.data import collate
-    from train.probe_words import SITES, referent_features
+    from train.probes.probe_words import SITES, referent_features
 
     _, model, ds = tiny_parts
     rows = referent_features(model, ds, len(ds))
@@ -1027,7 +1027,7 @@ def test_probe_words_reads_the_referent_at_every_site(tiny_parts):
 def test_probe_groups_reads_each_site_on_its_own():
     """A site that carries the named word reads it on validation; one that does not reads near chance."""
     from reviosa.data.synth_render import SHAPES
-    from train.probe_words import SITES, probe_groups
+    from train.probes.probe_words import SITES, probe_groups
 
     gen = torch.Generator().manual_seed(0)
     centres = 4 * torch.eye(len(SHAPES), 16)
@@ -1053,12 +1053,14 @@ def test_random_scene_labels_what_it_shows():
     """Each labelled object is drawn in its labelled colour, apart from the others, and shows at
     least min_visible of its area."""
     from reviosa.data.synth_render import COLOURS, TEXTURES
-    from train.pretrain_vision import ATTRIBUTES, PretrainConfig, _area, random_scene
+    from train.stages.clips import Backgrounds, full_area
+    from train.stages.vision_tower import ATTRIBUTES, PretrainConfig, random_scene
 
     cfg, rng = PretrainConfig(), np.random.default_rng(3)
+    backgrounds = Backgrounds(rng, 128, count=4)
     plain, seen = TEXTURES.index("plain"), 0
     for _ in range(20):
-        scene = random_scene(rng, 128, cfg)
+        scene = random_scene(rng, backgrounds, cfg)
         n = len(scene.masks)
         assert scene.frame.shape == (128, 128, 3) and scene.masks.shape == (n, 128, 128)
         assert all(len(labels) == n for labels in scene.labels.values())
@@ -1070,8 +1072,8 @@ def test_random_scene_labels_what_it_shows():
                 assert np.abs(pixels - np.array(COLOURS[colour])).max() <= 1
                 seen += 1
     assert seen > 5
-    assert _area(_look("circle", 10.0)) == pytest.approx(np.pi * 100, rel=0.05)
-    assert _area(_look("square", 10.0)) == pytest.approx(1.7**2 * 100, rel=0.1)
+    assert full_area(_look("circle", 10.0)) == pytest.approx(np.pi * 100, rel=0.05)
+    assert full_area(_look("square", 10.0)) == pytest.approx(1.7**2 * 100, rel=0.1)
 
 
 def _look(shape, radius):
@@ -1080,7 +1082,7 @@ def _look(shape, radius):
     return Appearance("red", shape, "big", "plain", radius)
 
 
-def test_pretrain_vision_trains_the_tower_and_loads_strictly(tiny_parts, synth_root, tmp_path):
+def test_vision_tower_trains_the_tower_and_loads_strictly(tiny_parts, synth_root, tmp_path):
     import copy
 
     from safetensors.torch import load_file, save_file
@@ -1088,7 +1090,7 @@ def test_pretrain_vision_trains_the_tower_and_loads_strictly(tiny_parts, synth_r
     from reviosa.data import InterRVOSDataset
     from train.loop import _corpus
     from train.model import build_model
-    from train.pretrain_vision import ATTRIBUTES, PretrainConfig, pretrain, save_vision, vision_parts
+    from train.stages.vision_tower import ATTRIBUTES, PretrainConfig, pretrain, save_vision, vision_parts
 
     _, base, _ = tiny_parts
     model = copy.deepcopy(base)
@@ -1127,7 +1129,7 @@ def test_pretrain_vision_trains_the_tower_and_loads_strictly(tiny_parts, synth_r
                 _corpus(data),
                 tmp_path / "r2",
             )
-    with pytest.raises(FileNotFoundError, match="pretrain_vision"):
+    with pytest.raises(FileNotFoundError, match="vision_tower"):
         build_model(
             tiny_cfg(synth_root, f"model.vision_init={tmp_path / 'none'}"), _corpus(data), tmp_path / "r3"
         )
@@ -1138,8 +1140,8 @@ def test_pretrain_vision_trains_the_tower_and_loads_strictly(tiny_parts, synth_r
 def test_probe_words_breakdown_counts_every_expression(synth_root, tmp_path, capsys):
     from reviosa.data import InterRVOSDataset
     from reviosa.results import load
-    from train.baselines import main as baseline
-    from train.probe_words import DEFAULT_GROUPS, breakdown, main
+    from train.probes.baselines import main as baseline
+    from train.probes.probe_words import DEFAULT_GROUPS, breakdown, main
 
     out = tmp_path / "all.json"
     baseline(["all-objects", "--data", str(synth_root), "--split", "train", "--out", str(out)])
@@ -1181,7 +1183,7 @@ def test_probe_words_tower_trains_the_vision_side_alone(tiny_parts):
     import copy
 
     from train.data import coverage
-    from train.probe_words import DEFAULT_GROUPS, tower_examples, train_tower
+    from train.probes.probe_words import DEFAULT_GROUPS, tower_examples, train_tower
 
     mask = np.zeros((1, 4, 4), dtype=bool)
     mask[0, :2, :1] = True  # half of the top-left cell's 4 pixels

@@ -62,9 +62,13 @@ class ModelSource:
     sam2: str | None = None  # parts: Meta SAM2 checkpoint, e.g. sam2_hiera_large.pt
     # Model-config overrides as dotted keys, e.g. {"text.hidden_size": 192} (scratch only).
     overrides: dict[str, Any] = field(default_factory=dict)
-    # scratch only: vision tower + projector weights from python -m train.pretrain_vision, loaded
+    # scratch only: vision tower + projector weights from python -m train.stages.vision_tower, loaded
     # strictly over the fresh ones (the stand-in for a pretrained InternViT).
     vision_init: str | None = None
+    # scratch only, the stages (train/stages/): the whole MLLM from stage 1 (its mllm.safetensors;
+    # the tokenizer/ folder beside it becomes the run's) and SAM2 from stage 2 (sam.safetensors).
+    mllm_init: str | None = None
+    sam_init: str | None = None
     tokenizer_vocab: int = 512
 
 
@@ -238,8 +242,11 @@ class TrainConfig:
             raise ValueError("optim.warmup_ratio must be in [0, 1)")
         if self.model.kind == "pretrained" and not self.model.path:
             raise ValueError("model.kind 'pretrained' needs model.path (a model folder)")
-        if self.model.vision_init and self.model.kind != "scratch":
-            raise ValueError("model.vision_init is for from-scratch models (model.kind: scratch)")
+        for name in ("vision_init", "mllm_init", "sam_init"):
+            if getattr(self.model, name) and self.model.kind != "scratch":
+                raise ValueError(f"model.{name} is for from-scratch models (model.kind: scratch)")
+        if self.model.vision_init and self.model.mllm_init:
+            raise ValueError("model.mllm_init holds the vision tower too: drop model.vision_init")
         if self.model.kind == "parts" and not (self.model.internvl and self.model.sam2):
             raise ValueError("model.kind 'parts' needs model.internvl (folder) and model.sam2 (.pt file)")
         for stage in self.stages:

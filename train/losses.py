@@ -226,7 +226,7 @@ def region_words_loss(
     row of the input embedding (``scale * cos``, a softmax over the vocabulary); the loss is the
     mean of minus the log-probability of each of the expression's tokens. A linear probe of the
     built-in model's vision tokens read colour on 100 % of val referents and shape on 19 %
-    (majority class 30 %; ``train.probe_words``), and its masks failed the expressions that name
+    (majority class 30 %; ``train.probes.probe_words``), and its masks failed the expressions that name
     no colour: the language path teaches the vision tower only what it already separates. This
     term asks the tokens to carry every word said of them, with no extra parameters. The other role's words are in the target too; they
     vary across clips, so what stays is what is always said of the referent.

@@ -85,14 +85,35 @@ def build_model(cfg: TrainConfig, corpus: list[str], run_dir: Path) -> ReviosaMo
         _apply_attention(model.config, cfg)
         return model.train()
     config = model_config(cfg)
+    if cfg.model.mllm_init:
+        _adopt_tokenizer(Path(cfg.model.mllm_init).parent / TOKENIZER_DIR, run_dir)
     tokenizer = build_tokenizer_for(cfg, corpus, run_dir)
     torch.manual_seed(cfg.seed)
     model = ReviosaModel(config, tokenizer)
     if cfg.model.vision_init:
-        from train.pretrain_vision import load_vision
+        from train.stages.vision_tower import load_vision
 
         load_vision(model, cfg.model.vision_init)
+    if cfg.model.mllm_init:
+        from train.stages.vl_pretrain import load_mllm
+
+        load_mllm(model, cfg.model.mllm_init)
+    if cfg.model.sam_init:
+        from train.stages.sam_pretrain import load_sam
+
+        load_sam(model.sam, cfg.model.sam_init)
     return model.train()
+
+
+def _adopt_tokenizer(source: Path, run_dir: Path) -> None:
+    """The stage-1 tokenizer becomes the run's (its embedding rows were trained with it)."""
+    import shutil
+
+    if not (source / "tokenizer_config.json").is_file():
+        raise FileNotFoundError(f"model.mllm_init: no tokenizer at {source} (stage 1 writes one there)")
+    target = run_dir / TOKENIZER_DIR
+    if not target.is_dir():
+        shutil.copytree(source, target)
 
 
 # --- what trains ----------------------------------------------------------------------------------

@@ -1,18 +1,20 @@
-"""Pretrain a from-scratch model's vision tower on the synthetic world's object attributes.
+"""Stage 1, phase 1: the vision tower and projector learn the synthetic world's object attributes.
 
-python -m train.pretrain_vision --config train/recipes/builtin.yaml --out runs/vision
-    [--steps 2000] [--batch 16] [--lr 1e-3] [--val-scenes 256]
+python -m train.stages.vision_tower --config train/recipes/stages.yaml --out runs/stage1
+    [--steps 2000] [--batch 16] [--lr 1e-3] [--val-scenes 256] [--resume]
 
 Real ReVIOSa checkpoints start from a pretrained InternViT that already tells a triangle from a
 square; a tower trained from scratch only through the segmentation losses never learned shape
-(``python -m train.probe_words probe``: shape read at chance from its tokens). This trains the
+(``python -m train.probes.probe_words probe``: shape read at chance from its tokens). This trains the
 vision tower and projector of the config's from-scratch model, alone, on freshly rendered still
 scenes (one to four objects, the world's backgrounds and occluders): a linear head per attribute
 (colour, shape, size, texture) reads each object from its tokens pooled by coverage, the way a
-referent's tokens are pooled elsewhere. Every step renders new scenes, so the tower cannot
-memorise a fixed set of referents (the ``tower`` probe's failure). It writes OUT/vision.safetensors
-(``vision_tower.*`` and ``multi_modal_projector.*``), which ``model.vision_init`` loads strictly
-into a from-scratch model, and OUT/vision.json with the validation accuracies.
+referent's tokens are pooled elsewhere. Every step renders new scenes (seeded by the step, so a
+resumed run draws what an unbroken one would), so the tower cannot memorise a fixed set of
+referents. It writes OUT/vision.safetensors (``vision_tower.*`` and ``multi_modal_projector.*``),
+which ``model.vision_init`` loads strictly into a from-scratch model, and OUT/vision.json with the
+validation accuracies; every ``--every`` steps also OUT/vision_state.pt (heads, optimizer, step)
+for ``--resume``. ``python -m train.stages.vl_pretrain`` runs it as stage 1's first phase.
 """
 
 from __future__ import annotations
@@ -30,22 +32,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from reviosa.data.synth import random_look
-from reviosa.data.synth_render import (
-    COLOURS,
-    SHAPES,
-    SIZES,
-    TEXTURES,
-    Appearance,
-    make_background,
-    make_occluder,
-    render_clip,
-    shape_mask,
-)
+from reviosa.data.synth_render import COLOURS, SHAPES, SIZES, TEXTURES, make_occluder, render_clip
 from reviosa.modeling import ReviosaModel
 from reviosa.tokenizer import build_tokenizer
 from train.config import load_config
 from train.data import coverage
 from train.model import model_config
+from train.stages.clips import Backgrounds, full_area
 
 ATTRIBUTES: dict[str, tuple[str, ...]] = {
     "colour": tuple(COLOURS),
@@ -54,7 +47,7 @@ ATTRIBUTES: dict[str, tuple[str, ...]] = {
     "texture": TEXTURES,
 }
 PARTS = ("vision_tower", "multi_modal_projector")  # submodules of mllm.model that the file holds
-WEIGHTS, REPORT = "vision.safetensors", "vision.json"
+WEIGHTS, REPORT, STATE = "vision.safetensors", "vision.json", "vision_state.pt"
 CLI_FIELDS = ("steps", "batch", "lr", "val_scenes", "every", "seed")  # of PretrainConfig
 
 
@@ -81,28 +74,22 @@ class Scene:
     labels: dict[str, torch.Tensor]
 
 
-def random_scene(rng: np.random.Generator, size: int, cfg: PretrainConfig) -> Scene:
+def random_scene(rng: np.random.Generator, backgrounds: Backgrounds, cfg: PretrainConfig) -> Scene:
     """A still of one to ``max_objects`` random objects at random places, back to front."""
+    size = backgrounds.pool[0].shape[0]
     looks = [random_look(rng, size) for _ in range(int(rng.integers(1, cfg.max_objects + 1)))]
     centres = np.stack([rng.uniform(look.radius, size - look.radius, size=2) for look in looks])
     occluder = make_occluder(rng, size) if rng.random() < cfg.occluder_prob else None
     order = [int(k) for k in rng.permutation(len(looks))]
-    frames, ids = render_clip(make_background(rng, size), looks, centres[:, None], order, occluder)
+    frames, ids = render_clip(backgrounds.draw(rng), looks, centres[:, None], order, occluder)
     masks = ids[0][None] == np.arange(len(looks))[:, None, None]  # (N, S, S)
     # Only objects seen well enough to tell their shape: a cross cut by a bar is no longer a cross.
-    keep = [k for k, look in enumerate(looks) if masks[k].sum() >= cfg.min_visible * _area(look)]
+    keep = [k for k, look in enumerate(looks) if masks[k].sum() >= cfg.min_visible * full_area(look)]
     labels = {
         name: torch.tensor([words.index(getattr(looks[k], name)) for k in keep], dtype=torch.long)
         for name, words in ATTRIBUTES.items()
     }
     return Scene(frames[0], masks[keep], labels)
-
-
-def _area(look: Appearance) -> float:
-    """The object's full area in pixels (its shape on a grid around the origin)."""
-    r = look.radius
-    d = np.arange(-int(np.ceil(1.3 * r)), int(np.ceil(1.3 * r)) + 1, dtype=np.float64)
-    return float(shape_mask(look.shape, d[None, :], d[:, None], r).sum())
 
 
 class AttributeHeads(nn.Module):
@@ -162,14 +149,18 @@ def vision_parts(model: ReviosaModel) -> dict[str, nn.Module]:
     return {name: getattr(model.mllm.model, name) for name in PARTS}
 
 
-def pretrain(model: ReviosaModel, cfg: PretrainConfig, report=print) -> list[dict]:
+def pretrain(
+    model: ReviosaModel, cfg: PretrainConfig, report=print, state_path: Path | None = None
+) -> list[dict]:
     """Train the vision tower and the projector in place on fresh scenes; validation records
-    ({"step", "loss", attribute: accuracy}) every ``cfg.every`` steps and at the end."""
+    ({"step", "loss", attribute: accuracy}) every ``cfg.every`` steps and at the end. With
+    ``state_path``, a checkpoint is written there at each validation, and read first if present."""
     torch.manual_seed(cfg.seed)
     size = model.config.vision.image_size
     val_rng = np.random.default_rng([cfg.seed, 1])
-    val = [random_scene(val_rng, size, cfg) for _ in range(cfg.val_scenes)]
-    rng = np.random.default_rng([cfg.seed, 0])
+    val_bg = Backgrounds(val_rng, size, count=16)
+    val = [random_scene(val_rng, val_bg, cfg) for _ in range(cfg.val_scenes)]
+    backgrounds = Backgrounds(np.random.default_rng([cfg.seed, 2]), size)
     heads = AttributeHeads(model.config.text.hidden_size).to(model.device)
     params = [p for part in vision_parts(model).values() for p in part.parameters()]
     flags = [p.requires_grad for p in params]
@@ -180,10 +171,21 @@ def pretrain(model: ReviosaModel, cfg: PretrainConfig, report=print) -> list[dic
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + np.cos(np.pi * s / cfg.steps))
     )
+    start, records = 0, []
+    if state_path is not None and state_path.is_file():
+        state = torch.load(state_path, weights_only=False)
+        for name, part in vision_parts(model).items():
+            part.load_state_dict(state["parts"][name])
+        heads.load_state_dict(state["heads"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        start, records = state["step"], state["records"]
+        report(f"resumed at step {start}")
     model.eval()  # no dropout; the parts still train
-    records, losses, start = [], [], time.perf_counter()
-    for step in range(1, cfg.steps + 1):
-        scenes = [random_scene(rng, size, cfg) for _ in range(cfg.batch)]
+    losses, t0 = [], time.perf_counter()
+    for step in range(start + 1, cfg.steps + 1):
+        rng = np.random.default_rng([cfg.seed, 0, step])
+        scenes = [random_scene(rng, backgrounds, cfg) for _ in range(cfg.batch)]
         loss = attribute_loss(heads, pooled_objects(model, scenes), scenes)
         opt.zero_grad()
         loss.backward()
@@ -196,12 +198,22 @@ def pretrain(model: ReviosaModel, cfg: PretrainConfig, report=print) -> list[dic
                 "loss": sum(losses) / len(losses),
                 **accuracy(model, heads, val, cfg.batch),
             }
-            record["seconds"] = time.perf_counter() - start
+            record["seconds"] = time.perf_counter() - t0 + (records[-1]["seconds"] if records else 0.0)
+            t0 = time.perf_counter()
             records.append(record)
             report(
                 " ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items())
             )
             losses = []
+            if state_path is not None:
+                parts = {name: part.state_dict() for name, part in vision_parts(model).items()}
+                # Written aside and renamed: a copy (or a commit) never reads a half-written file.
+                torch.save(
+                    {"parts": parts, "heads": heads.state_dict(), "optimizer": opt.state_dict(),
+                     "scheduler": sched.state_dict(), "step": step, "records": records},
+                    state_path.with_suffix(".tmp"),
+                )  # fmt: skip
+                state_path.with_suffix(".tmp").replace(state_path)
     for p, flag in zip(params, flags, strict=True):
         p.requires_grad_(flag)
     return records
@@ -217,12 +229,12 @@ def save_vision(model: ReviosaModel, path: Path) -> None:
 
 
 def load_vision(model: ReviosaModel, path: str | Path) -> None:
-    """Load a ``pretrain_vision`` file into the model's vision tower and projector, strictly: every
+    """Load a ``vision_tower`` file into the model's vision tower and projector, strictly: every
     tensor of both parts, nothing else, with the same shapes."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
-            f"model.vision_init: no file {path} (write one with python -m train.pretrain_vision)"
+            f"model.vision_init: no file {path} (write one with python -m train.stages.vision_tower)"
         )
     tensors = load_file(str(path))
     for name, part in vision_parts(model).items():
@@ -241,10 +253,11 @@ def load_vision(model: ReviosaModel, path: str | Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m train.pretrain_vision", description=__doc__.split("\n")[0]
+        prog="python -m train.stages.vision_tower", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--config", required=True, help="training config of a from-scratch model")
     parser.add_argument("--out", required=True, help="folder for vision.safetensors and vision.json")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/vision_state.pt")
     defaults = PretrainConfig()
     for field_name in CLI_FIELDS:
         value = getattr(defaults, field_name)
@@ -252,14 +265,16 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     train_cfg = load_config(args.config, [])
     if train_cfg.model.kind != "scratch":
-        raise SystemExit("pretrain_vision builds the config's from-scratch model (model.kind: scratch)")
+        raise SystemExit("vision_tower builds the config's from-scratch model (model.kind: scratch)")
     cfg = PretrainConfig(**{k: getattr(args, k) for k in CLI_FIELDS})
     torch.manual_seed(cfg.seed)
     # The tokenizer is never used here; the model needs one to be built.
     model = ReviosaModel(model_config(train_cfg), build_tokenizer())
-    records = pretrain(model, cfg)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if not args.resume and (out / STATE).is_file():
+        raise SystemExit(f"{out / STATE} exists: pass --resume, or choose another --out")
+    records = pretrain(model, cfg, lambda line: print(line, flush=True), out / STATE)
     save_vision(model, out / WEIGHTS)
     (out / REPORT).write_text(json.dumps({"config": asdict(cfg), "records": records}, indent=2) + "\n")
     print(f"wrote {out / WEIGHTS}")

@@ -1,6 +1,6 @@
 """Does SAM2 follow its prompt? Diagnostics for a model trained from scratch.
 
-python -m train.diagnose --model MODEL --data ROOT [--split val] [--clips 8] [--config RECIPE]
+python -m train.probes.diagnose --model MODEL --data ROOT [--split val] [--clips 8] [--config RECIPE]
 
 On the first clips of a split, decoded as in training (each frame from its prompt), it prints:
 - the mean IoU with the ground truth of masks prompted by the role states ("llm") and by the
@@ -120,7 +120,9 @@ def link_stats(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m train.diagnose", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m train.probes.diagnose", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--model", required=True, help="model folder or name")
     parser.add_argument("--data", required=True, help="dataset root (InterRVOS / MeViS layout)")
     parser.add_argument("--split", default="val")

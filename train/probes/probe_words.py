@@ -1,10 +1,10 @@
 """What do the vision tokens say about the referent? Linear probes, and scores by what an
 expression names.
 
-python -m train.probe_words probe --model MODEL --data ROOT [--clips 300] [--val-clips 40]
+python -m train.probes.probe_words probe --model MODEL --data ROOT [--clips 300] [--val-clips 40]
     [--group colour=red,green,... --group shape=circle,...]
-python -m train.probe_words tower --model MODEL --data ROOT [--fresh] [--steps 1500] [--group ...]
-python -m train.probe_words breakdown --gt ROOT --split test --pred RESULTS.json [--group ...]
+python -m train.probes.probe_words tower --model MODEL --data ROOT [--fresh] [--steps 1500] [--group ...]
+python -m train.probes.probe_words breakdown --gt ROOT --split test --pred RESULTS.json [--group ...]
 
 ``probe``: for each expression that names one object (caption type ``single``), the referent at
 four sites: its vision tokens (the mean over its keyframe grid cells) at the language model's
@@ -230,7 +230,9 @@ def parse_groups(specs: list[str] | None) -> dict[str, tuple[str, ...]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m train.probe_words", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m train.probes.probe_words", description=__doc__.split("\n")[0]
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("probe", help="linear probes of the referent's vision tokens")
     p.add_argument("--model", required=True, help="model folder or name")

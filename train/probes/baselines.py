@@ -1,6 +1,6 @@
 """Reference predictors that need no model, to read a model's scores against.
 
-python -m train.baselines all-objects --data ROOT --split test --out results.json
+python -m train.probes.baselines all-objects --data ROOT --split test --out results.json
 
 ``all-objects`` answers every expression with the union of all the clip's annotated objects, for
 the actor and for the target: the score of a model that segments every object and has not
@@ -40,7 +40,9 @@ def all_objects(dataset: InterRVOSDataset) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m train.baselines", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m train.probes.baselines", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("baseline", choices=["all-objects"])
     parser.add_argument("--data", required=True, help="dataset root (InterRVOS / MeViS layout)")
     parser.add_argument("--split", default="test")

@@ -1,6 +1,6 @@
 """Can SAM2 learn to follow its prompt from scratch? A SAM2-only training probe.
 
-python -m train.probe_sam --data ROOT [--model builtin] [--prompts example|clicks] [--steps 400]
+python -m train.probes.probe_sam --data ROOT [--model builtin] [--prompts example|clicks] [--steps 400]
     [--lr 7e-4] [--every 25] [--clips 6] [--config RECIPE]
 
 It re-initialises the SAM2 part of MODEL (seeded) and trains it alone on the training split with
@@ -130,7 +130,9 @@ def probe(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m train.probe_sam", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m train.probes.probe_sam", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--data", required=True, help="dataset root with train and val splits")
     parser.add_argument("--model", default="builtin", help="model whose SAM2 configuration is probed")
     parser.add_argument("--prompts", choices=("example", "clicks"), default="example")

@@ -1,0 +1,291 @@
+"""The built-in model's stages (train/stages/) at tiny size: data, prompts, each stage's command,
+its checkpoint loading strictly into the next stage, and the report."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+TINY_RECIPE = """\
+preset: tiny
+model:
+  overrides:
+    sam.propagation: memory
+    sam.overrides:
+      - ++model.image_encoder.trunk.embed_dim=32
+      - ++model.image_encoder.trunk.num_heads=1
+      - ++model.image_encoder.trunk.stages=[1,1,2,1]
+      - ++model.image_encoder.trunk.global_att_blocks=[3]
+      - ++model.image_encoder.trunk.window_spec=[8,4,4,4]
+      - ++model.image_encoder.neck.backbone_channel_list=[256,128,64,32]
+      - ++model.memory_attention.num_layers=1
+      - ++model.memory_attention.layer.dim_feedforward=256
+      - ++model.memory_encoder.fuser.num_layers=1
+      - ++model.memory_attention.layer.self_attention.feat_sizes=[4,4]
+      - ++model.memory_attention.layer.cross_attention.feat_sizes=[4,4]
+      - ++model.multimask_output_in_sam=false
+      - ++model.multimask_output_for_tracking=false
+attention: {layer: 1, heads: [0, 1]}
+data:
+  synth: {clips: 3, val_clips: 1, seed: 0, size: 64, frames: [6, 8]}
+log: {progress: false, tensorboard: false}
+"""
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory):
+    path = tmp_path_factory.mktemp("recipe") / "tiny.yaml"
+    path.write_text(TINY_RECIPE)
+    return str(path)
+
+
+# --- the pretraining data -------------------------------------------------------------------------
+
+
+def test_random_clips_label_what_they_show():
+    from reviosa.data.synth_render import COLOURS
+    from train.stages.clips import Backgrounds, random_clip
+
+    rng = np.random.default_rng(0)
+    backgrounds = Backgrounds(rng, 64, count=2)
+    kinds = set()
+    for _ in range(12):
+        clip = random_clip(rng, backgrounds, 5)
+        n = len(clip.looks)
+        assert clip.frames.shape == (5, 64, 64, 3) and clip.labels.shape == (5, 64, 64)
+        assert clip.paths.shape == (n, 5, 2) and len(clip.motions) == n
+        assert clip.labels.max() < n
+        for k, look in enumerate(clip.looks):
+            shown = clip.frames[clip.masks(k)]
+            if look.texture == "plain" and len(shown):
+                assert np.abs(shown.astype(int) - COLOURS[look.colour]).max() <= 1
+        kinds |= set(clip.motions)
+    assert len(kinds) > 3  # single motions and interactions both drawn
+
+
+def test_questions_answer_what_the_clip_shows():
+    from reviosa.data.synth_language import MOTION_PHRASES
+    from train.stages.clips import Backgrounds, random_clip
+    from train.stages.vl_pretrain import questions_about
+
+    rng = np.random.default_rng(1)
+    backgrounds = Backgrounds(rng, 128, count=2)
+    seen = set()
+    for _ in range(30):
+        clip = random_clip(rng, backgrounds, 4, stride=9)
+        for k, look in enumerate(clip.looks):
+            for q in questions_about(clip, k, 128):
+                seen.add(q.kind)
+                expected = {
+                    "colour": look.colour, "shape": look.shape, "size": look.size,
+                    "motion": MOTION_PHRASES.get(clip.motions[k]),
+                }.get(q.kind)  # fmt: skip
+                if q.kind == "position":
+                    x, y = clip.paths[k, 0]
+                    expected = f"{'top' if y < 64 else 'bottom'} {'left' if x < 64 else 'right'}"
+                assert q.answer == expected, q
+                # The question never gives its answer away (the size one names both options).
+                assert q.answer not in q.text.replace("big or small", "")
+    assert seen == {"colour", "shape", "size", "position", "motion"}
+
+
+# --- stage 2's prompts -------------------------------------------------------------------------------
+
+
+def test_prompts_land_where_they_should():
+    from train.stages.sam_pretrain import box_of, click_inside, correction_click
+
+    gen = torch.Generator().manual_seed(0)
+    masks = torch.zeros(3, 16, 16)
+    masks[0, 2:6, 3:9] = 1
+    masks[1, 10:14, 10:12] = 1
+    masks[2, 0:16, 0:2] = 1
+    for _ in range(5):
+        xy = click_inside(masks, gen)[:, 0]  # (B, 2) as (x, y)
+        assert all(masks[b, int(y), int(x)] == 1 for b, (x, y) in enumerate(xy.tolist()))
+    boxes = box_of(masks, gen, jitter=0.0)
+    assert boxes[0].tolist() == [[3, 2], [9, 6]]
+    # a prediction that misses most of object 0 gets a positive click on it; one that spills
+    # over half the frame gets a negative click on the spill
+    pred = torch.zeros(3, 16, 16, dtype=torch.bool)
+    pred[0, 2:3, 3:4] = True
+    pred[1] = masks[1] > 0
+    pred[1, :8] = True
+    pred[2] = masks[2] > 0
+    xy, labels = correction_click(pred, masks, gen)
+    assert labels[:2, 0].tolist() == [1, 0]
+    x0, y0 = xy[0, 0].long().tolist()
+    assert masks[0, y0, x0] == 1 and not pred[0, y0, x0]
+    x1, y1 = xy[1, 0].long().tolist()
+    assert pred[1, y1, x1] and masks[1, y1, x1] == 0
+
+
+# --- the stages' commands, end to end at tiny size -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def stage12(recipe, tmp_path_factory):
+    """Stages 1 and 2 at a few steps each, with their report sections."""
+    from train.stages import sam_pretrain, vl_pretrain
+
+    root = tmp_path_factory.mktemp("stages")
+    rep = root / "report"
+    common = ["--recipe", recipe, "--every", "3", "--report", str(rep)]
+    vl_pretrain.main(["--out", str(root / "s1"), "--tower-steps", "3", "--qa-steps", "3", "--val-scenes", "8",
+                      "--qa-val-clips", "6", *common])  # fmt: skip
+    sam_pretrain.main(
+        ["--out", str(root / "s2"), "--steps", "3", "--val-clips", "3", "--frames", "3", *common]
+    )
+    return root
+
+
+def test_sam_pretrain_trains_every_sam_part_and_resumes(recipe, tmp_path):
+    from train.stages.common import stage_model_config
+    from train.stages.sam_pretrain import SamPretrainConfig, build_stage_sam, load_sam, pretrain
+
+    config = stage_model_config(recipe)
+    sam = build_stage_sam(config)
+    before = {k: v.clone() for k, v in sam.state_dict().items()}
+    cfg = SamPretrainConfig(steps=4, batch=2, frames=3, val_clips=2, val_frames=3, every=2, corrections=1)
+    records = pretrain(sam, cfg, tmp_path / "a", log=lambda _m: None)
+    assert [r["step"] for r in records] == [2, 4]
+    assert 0 <= records[-1]["click_iou"] <= 1 and 0 <= records[-1]["jf"] <= 100
+    changed = {k.split(".")[0] for k, v in sam.state_dict().items() if not torch.equal(v, before[k])}
+    # the encoder, the decoder and the memory modules all learn (frames 1.. go through the memory)
+    assert {"image_encoder", "sam_mask_decoder", "memory_attention", "memory_encoder"} <= changed
+    # killed after step 2 and resumed from its folder: the unbroken run's weights
+    broken = build_stage_sam(config)
+    pretrain(broken, cfg, tmp_path / "b", log=lambda _m: None, stop_after=2)
+    resumed = build_stage_sam(config)
+    again = pretrain(resumed, cfg, tmp_path / "b", resume=True, log=lambda _m: None)
+    assert [r["step"] for r in again] == [2, 4]
+    for k, v in resumed.state_dict().items():
+        torch.testing.assert_close(v, sam.state_dict()[k])
+    fresh = build_stage_sam(config)
+    load_sam(fresh, tmp_path / "a" / "sam.safetensors")
+    for k, v in fresh.state_dict().items():
+        torch.testing.assert_close(v, sam.state_dict()[k])
+
+
+def test_stage_files_load_strictly_into_the_stage3_model(stage12, recipe, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from train.config import load_config
+    from train.model import build_model
+    from train.stages.sam_pretrain import load_sam
+    from train.stages.vl_pretrain import load_mllm
+
+    s1, s2 = stage12 / "s1", stage12 / "s2"
+    cfg = load_config(
+        recipe, [f"model.mllm_init={s1 / 'mllm.safetensors'}", f"model.sam_init={s2 / 'sam.safetensors'}"]
+    )
+    model = build_model(cfg, [], tmp_path / "run")
+    mllm = load_file(str(s1 / "mllm.safetensors"))
+    for k, v in model.mllm.state_dict().items():
+        torch.testing.assert_close(v, mllm[f"mllm.{k}"])
+    sam = load_file(str(s2 / "sam.safetensors"))
+    for k, v in model.sam.state_dict().items():
+        torch.testing.assert_close(v, sam[f"sam.{k}"])
+    # the run adopted stage 1's tokenizer (its embedding rows were trained with it)
+    assert (tmp_path / "run" / "tokenizer" / "tokenizer_config.json").read_text() == (
+        s1 / "tokenizer" / "tokenizer_config.json"
+    ).read_text()
+    broken = {k: v for k, v in sam.items() if "memory_encoder" not in k}
+    save_file(broken, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(ValueError, match="does not fit"):
+        load_sam(model.sam, tmp_path / "bad.safetensors")
+    save_file({**mllm, "sam.x": torch.zeros(1)}, str(tmp_path / "bad2.safetensors"))
+    with pytest.raises(ValueError, match="outside the MLLM"):
+        load_mllm(model, tmp_path / "bad2.safetensors")
+    with pytest.raises(ValueError, match="from-scratch"):
+        load_config(
+            recipe, ["model.kind=pretrained", "model.path=x", f"model.sam_init={s2 / 'sam.safetensors'}"]
+        )
+
+
+def test_qa_phase_trains_the_language_side_only(stage12, recipe):
+    from train.stages.vl_pretrain import QAConfig, build, load_mllm, train_qa
+
+    model = build(recipe, [])
+    load_mllm(model, stage12 / "s1" / "mllm.safetensors")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    records = train_qa(model, QAConfig(steps=6, clips=2, val_clips=4, every=3, lr=3e-3), log=lambda _m: None)
+    assert records[-1]["loss"] < records[0]["loss"]
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert any(k.startswith("mllm.model.language_model") for k in changed)
+    assert any(k.startswith("mllm.lm_head") for k in changed)
+    assert not any(
+        k.startswith(("mllm.model.vision_tower", "mllm.model.multi_modal_projector", "sam.")) for k in changed
+    )
+
+
+def test_stages_3_to_5_run_from_the_stage_files_and_report(stage12, recipe, tmp_path):
+    from train.stages import ablation, reviosa, sa2va
+
+    rep = stage12 / "report"
+    tiny = ["--set", "eval.clips=1", "--set", "eval.at_end=true", "--set", "checkpoint.every=2"]
+    s3 = tmp_path / "s3"
+    sa2va.main(["--stage1", str(stage12 / "s1"), "--stage2", str(stage12 / "s2"), "--out", str(s3),
+                "--recipe", recipe, "--steps", "2", "--report", str(rep), *tiny])  # fmt: skip
+    saved = json.loads((s3 / "train_config.json").read_text())
+    assert saved["data"]["two_tokens"] is False and saved["loss"]["aml"] == 0
+    assert (s3 / "model" / "model.safetensors").is_file()
+    s4 = tmp_path / "s4"
+    reviosa.main(["--stage3", str(s3), "--out", str(s4), "--recipe", recipe, "--steps", "2", "--samples", "2",
+                  "--report", str(rep), *tiny])  # fmt: skip
+    chosen = json.loads((s4 / "heads" / "selection.json").read_text())
+    saved = json.loads((s4 / "train_config.json").read_text())
+    assert saved["data"]["two_tokens"] is True and saved["attention"]["layer"] == chosen["layer"]
+    assert saved["model"]["kind"] == "pretrained" and saved["model"]["path"] == str(s3 / "model")
+    s5 = tmp_path / "s5"
+    ablation.main(["--stage3", str(s3), "--stage4", str(s4), "--out", str(s5), "--recipe", recipe, "--steps", "1",
+                   "--seeds", "1", "--test-clips", "1", "--report", str(rep)])  # fmt: skip
+    table = (s5 / "ablation.md").read_text()
+    assert table.count("±") >= 8  # Actor and RVOS of four variants (Target where the split has one)
+    for name in ("single_seg", "single_seg_aml", "two_tokens", "two_tokens_aml"):
+        saved = json.loads((s5 / name / "seed1" / "train_config.json").read_text())
+        assert saved["model"]["path"] == str(s3 / "model") and saved["seed"] == 1
+        assert (s5 / name / "seed1.json").is_file()
+    report = (rep / "report.md").read_text()
+    for title in ("Stage 1", "Stage 2", "Stage 3", "Stage 4", "Stage 5"):
+        assert title in report
+    assert report.index("Stage 1") < report.index("Stage 2") < report.index("Stage 5")
+    assert "Not run yet" not in report
+    assert "State: tower done (3 steps); QA done (3 steps, 18 held-out questions)" in report
+
+
+def test_stage1_report_from_a_tower_under_way(recipe, tmp_path):
+    """A stage-1 folder killed during the tower phase reports its newest probe figures and says how
+    it resumes (``--phase report`` trains nothing)."""
+    from train.stages import vision_tower, vl_pretrain
+
+    model = vl_pretrain.build(recipe, [])
+    cfg = vision_tower.PretrainConfig(steps=4, batch=4, val_scenes=8, every=2)
+    (tmp_path / "s1").mkdir()
+    vision_tower.pretrain(model, cfg, lambda _m: None, tmp_path / "s1" / vision_tower.STATE)
+    vl_pretrain.main(["--out", str(tmp_path / "s1"), "--phase", "report", "--report", str(tmp_path / "rep")])
+    section = (tmp_path / "rep" / "vl_pretrain.md").read_text()
+    assert "tower under way (step 4" in section and "QA not run yet" in section
+    assert "probe reads shape" in section and "LLM answers" not in section
+
+
+def test_ablation_summary_is_mean_and_spread_over_seeds():
+    from train.stages.ablation import summarise, table
+
+    def scores(actor, rvos, target=None):
+        out = {"actor": {"JF": actor}, "rvos": {"JF": rvos}}
+        return out | ({"target": {"JF": target}} if target is not None else {})
+
+    summary = summarise({
+        "single_seg": [scores(20.0, 30.0), scores(24.0, 34.0)],
+        "two_tokens_aml": [scores(30.0, 40.0, 10.0), scores(30.0, 42.0, 14.0), scores(30.0, 44.0, 18.0)],
+    })  # fmt: skip
+    assert summary["single_seg"]["actor"] == pytest.approx((22.0, 2.0**0.5 * 2))
+    assert summary["two_tokens_aml"]["target"] == pytest.approx((14.0, 4.0))
+    assert summary["two_tokens_aml"]["actor"] == (30.0, 0.0)
+    text = table(summary, 3)
+    assert "| 14.0 ± 4.0 | 42.0 ± 2.0 |" in text
+    assert "(ii) single_seg_aml | no | yes | - | - | - |" in text  # not run

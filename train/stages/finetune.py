@@ -1,0 +1,40 @@
+"""What stages 3-5 share: a ``train fit`` run of the stages' recipe over earlier stages' files,
+its validation J&F, and its section of the report."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from train.config import TrainConfig, load_config
+from train.loop import LOG_NAME, Trainer
+
+# The paper freezes the InternViT and the SAM2 image encoder; ours also keeps the projector and
+# SAM2's memory modules as stages 1-2 left them (a loop that decodes frames one by one never
+# trains the memory, it could only drift). A 0 lr freezes a group (train.config.Stage).
+FROZEN = "{vision: 0, projector: 0, sam_encoder: 0, sam_other: 0}"
+
+
+def stage_config(recipe: str, sets: list[str]) -> TrainConfig:
+    """The recipe with the stage's fields set, then the caller's (later ones win)."""
+    return load_config(recipe, sets)
+
+
+def run(cfg: TrainConfig, out: Path, resume: bool) -> tuple[dict, float]:
+    """Train (or finish) the run in ``out``; its last validation metrics and this call's wall time.
+    A finished run (``out/model`` exported) is not trained again."""
+    t0 = time.perf_counter()
+    if not (out / "model" / "model.safetensors").is_file():
+        resume = resume or (out / "checkpoints").is_dir()
+        Trainer(cfg, out, resume=resume).fit()
+    return last_eval(out), time.perf_counter() - t0
+
+
+def last_eval(out: Path) -> dict:
+    """The newest evaluation record of a run's log (an empty dict when it has none)."""
+    path = out / LOG_NAME
+    if not path.is_file():
+        return {}
+    evals = [r["eval"] for r in map(json.loads, path.read_text().splitlines()) if "eval" in r]
+    return evals[-1] if evals else {}

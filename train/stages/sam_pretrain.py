@@ -1,0 +1,495 @@
+"""Stage 2: promptable SAM2 pretraining of the SAM2 stand-in, as SAM2 itself is trained.
+
+python -m train.stages.sam_pretrain --recipe train/recipes/stages.yaml --out runs/stage2
+    [--steps 3000] [--lr 3e-4] [--batch 4] [--frames 4] [--corrections 1] [--resume]
+
+The recipe's micro SAM2 (image encoder, mask decoder, memory attention and encoder, object
+pointers) trains alone, without any language model, on freshly rendered short clips of the
+synthetic world (``train.stages.clips``): the first frame is prompted with one click inside the
+object, its box, or its mask (SAM2's three prompt kinds, one kind per step), optionally followed by
+correction clicks on the first frame's largest error (SAM2's interactive training; the previous
+logits go back in as its mask input), and every later frame is segmented through the memory of
+the frames before it. The loss is sigmoid CE x2 + Dice x0.5 on the low-res logits of every
+decoded frame plus the object-presence BCE (the terms the ReVIOSa loop uses).
+
+Gate (held-out clips drawn from another seed): from one click, mean IoU >= 0.9 on held-out frames;
+from a first-frame mask, J&F >= 90 over held-out clips tracked through the memory. It writes
+OUT/sam.safetensors (``sam.*`` of a ReviosaModel, float32) and OUT/state.pt (optimizer, step) every
+``--every`` steps, OUT/records.json, and its section of the stages' report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from reviosa import sam as sam_ops
+from reviosa.config import ReviosaConfig
+from reviosa.evaluation import f_measure, iou
+from reviosa.hooks import this_thread_only
+from train import report
+from train.losses import dice, sigmoid_ce
+from train.stages.clips import Backgrounds, Clip, full_area, random_clip
+from train.stages.common import stage_model_config
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS, STATE, RECORDS = "sam.safetensors", "state.pt", "records.json"
+PROMPTS = ("click", "box", "mask")
+
+
+@dataclass
+class SamPretrainConfig:
+    steps: int = 3000
+    batch: int = 4  # clips per step
+    frames: int = 4  # frames per training clip: the first prompted, the rest through the memory
+    lr: float = 3e-4
+    weight_decay: float = 0.05
+    warmup: float = 0.05  # fraction of the steps
+    min_lr_ratio: float = 0.05  # cosine decays to lr * this
+    prompt_mix: tuple[float, float, float] = (0.5, 0.25, 0.25)  # click, box, mask
+    corrections: int = 1  # correction clicks on the first frame (click and box prompts)
+    min_visible: float = 0.4  # the prompted object shows this share of its area on frame 0
+    val_clips: int = 48
+    val_frames: int = 8
+    every: int = 250  # steps between validations and checkpoints
+    seed: int = 0
+
+
+CLI_FIELDS = ("steps", "batch", "frames", "lr", "corrections", "val_clips", "every", "seed")
+
+
+# --- data ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ClipBatch:
+    """pixels float (B*T, 3, S, S) clip-major; masks float (B, T, S, S) of each clip's object."""
+
+    pixels: torch.Tensor
+    masks: torch.Tensor
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.masks.shape[0], self.masks.shape[1]
+
+
+def draw_object(rng: np.random.Generator, clip: Clip, min_visible: float) -> int | None:
+    """An object well seen on the first frame (a click or box on a sliver says little), or None."""
+    seen = [k for k, look in enumerate(clip.looks) if clip.masks(k)[0].sum() >= min_visible * full_area(look)]
+    return int(rng.choice(seen)) if seen else None
+
+
+def draw_batch(
+    rng: np.random.Generator, backgrounds: Backgrounds, count: int, frames: int, sam_cfg, min_visible: float
+) -> ClipBatch:
+    pixels, masks = [], []
+    while len(masks) < count:
+        clip = random_clip(rng, backgrounds, frames)
+        k = draw_object(rng, clip, min_visible)
+        if k is None:
+            continue
+        pixels.append(sam_ops.preprocess(torch.from_numpy(clip.frames), sam_cfg))
+        masks.append(torch.from_numpy(clip.masks(k)).float())
+    return ClipBatch(torch.cat(pixels), torch.stack(masks))
+
+
+# --- prompts ---------------------------------------------------------------------------------------
+
+
+def click_inside(masks: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """One pixel centre uniformly inside each mask: masks float (B, S, S) -> float (B, 1, 2) as (x, y);
+    anywhere for an empty mask."""
+    b, h, w = masks.shape
+    flat = masks.reshape(b, h * w)
+    weights = torch.where(flat.sum(1, keepdim=True) > 0, flat, torch.ones_like(flat))
+    idx = torch.multinomial(weights, 1, generator=gen)[:, 0]
+    return torch.stack([(idx % w).float() + 0.5, torch.div(idx, w, rounding_mode="floor").float() + 0.5], -1)[
+        :, None
+    ]
+
+
+def box_of(masks: torch.Tensor, gen: torch.Generator, jitter: float = 0.1) -> torch.Tensor:
+    """Each mask's bounding box, corners moved by up to ``jitter`` of its side (SAM2 trains with
+    noisy boxes): float (B, 2, 2) as (x0, y0), (x1, y1)."""
+    boxes = []
+    for m in masks:
+        ys, xs = torch.nonzero(m > 0.5, as_tuple=True)
+        x0, x1, y0, y1 = xs.min().float(), xs.max().float() + 1, ys.min().float(), ys.max().float() + 1
+        side = torch.stack([x1 - x0, y1 - y0, x1 - x0, y1 - y0])
+        noise = (torch.rand(4, generator=gen) * 2 - 1) * jitter * side
+        boxes.append((torch.stack([x0, y0, x1, y1]) + noise).clamp(0, m.shape[-1]).reshape(2, 2))
+    return torch.stack(boxes)
+
+
+def correction_click(
+    pred: torch.Tensor, masks: torch.Tensor, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SAM2's correction click: inside the larger error region of each prediction, positive on
+    missed object pixels, negative on false ones. pred, masks bool / float (B, S, S) ->
+    coordinates float (B, 1, 2), labels long (B, 1)."""
+    missed = (masks > 0.5) & ~pred
+    false = pred & (masks <= 0.5)
+    positive = missed.flatten(1).sum(1) >= false.flatten(1).sum(1)
+    region = torch.where(positive[:, None, None], missed, false).float()
+    return click_inside(region, gen), positive.long()[:, None]
+
+
+# --- SAM2 through its own track_step ------------------------------------------------------------
+
+
+def frame_features(features: sam_ops.FrameFeatures, clips: int, frames: int, t: int) -> sam_ops.FrameFeatures:
+    """Frame t of every clip from features of (B*T) clip-major images."""
+    idx = torch.arange(clips) * frames + t
+    return sam_ops.FrameFeatures(
+        [f[:, idx] for f in features.vision_feats],
+        [p[:, idx] for p in features.vision_pos],
+        features.feat_sizes,
+    )
+
+
+@contextlib.contextmanager
+def raw_logits(sam: nn.Module):
+    """Collect the mask decoder's (mask logits (B, 1, h, w), object-score logits (B, 1)) of each
+    call: the logits before SAM2 overwrites frames it scores object-free with -1024, which would cut
+    the loss's gradient there; ``track_step`` returns no object scores while training."""
+    calls: list[tuple[torch.Tensor, torch.Tensor]] = []
+    handle = sam.sam_mask_decoder.register_forward_hook(
+        this_thread_only(lambda _m, _i, out: calls.append((out[0], out[3])))
+    )
+    try:
+        yield calls
+    finally:
+        handle.remove()
+
+
+def step_frame(sam, feats, t, frames, output_dict, points=None, mask=None, prev=None, memory=True) -> dict:
+    """``SAM2Base.track_step`` for frame t: an initial conditioning frame when prompted (points
+    (coords (B, P, 2), labels (B, P)) or a mask (B, 1, S, S)), else tracked from ``output_dict``."""
+    prompted = points is not None or mask is not None
+    return sam.track_step(
+        frame_idx=t,
+        is_init_cond_frame=prompted,
+        current_vision_feats=feats.vision_feats,
+        current_vision_pos_embeds=feats.vision_pos,
+        feat_sizes=feats.feat_sizes,
+        point_inputs=None if points is None else {"point_coords": points[0], "point_labels": points[1]},
+        mask_inputs=mask,
+        output_dict=output_dict,
+        num_frames=frames,
+        run_mem_encoder=memory,
+        prev_sam_mask_logits=prev,
+    )
+
+
+def low_res(masks: torch.Tensor, size: int) -> torch.Tensor:
+    """Masks (..., S, S) at the decoder's (S/4)^2 by area average, then > 0.5 (as train.data)."""
+    lead = masks.shape[:-2]
+    small = F.adaptive_avg_pool2d(masks.reshape(-1, 1, *masks.shape[-2:]), size)
+    return (small > 0.5).float().reshape(*lead, size, size)
+
+
+def frame_loss(logits: torch.Tensor, object_logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """CE x2 + Dice x0.5 + presence BCE, mean over the batch: logits (B, 1, h, w), object_logits
+    (B, 1), masks (B, S, S)."""
+    target = low_res(masks, logits.shape[-1])
+    seg = 2.0 * sigmoid_ce(logits[:, 0], target) + 0.5 * dice(logits[:, 0], target)
+    present = (masks.flatten(1).sum(1) > 0).float()
+    presence = F.binary_cross_entropy_with_logits(object_logits[:, 0].float(), present, reduction="none")
+    return (seg + presence).mean()
+
+
+def clip_loss(
+    sam: nn.Module, batch: ClipBatch, prompt: str, corrections: int, gen: torch.Generator
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Prompt frame 0, track the rest through the memory; the mean of every decoded frame's loss."""
+    clips, frames = batch.shape
+    feats = sam_ops.encode_images(sam, batch.pixels)
+    out_dict: dict = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
+    first = frame_features(feats, clips, frames, 0)
+    terms: list[torch.Tensor] = []
+    with raw_logits(sam) as calls:
+        if prompt == "mask":
+            out = step_frame(sam, first, 0, frames, out_dict, mask=batch.masks[:, :1])
+        else:
+            if prompt == "click":
+                points = (click_inside(batch.masks[:, 0], gen), torch.ones(clips, 1, dtype=torch.long))
+            else:
+                points = (box_of(batch.masks[:, 0], gen), torch.tensor([[2, 3]]).repeat(clips, 1))
+            prev = None
+            for round_ in range(corrections + 1):
+                last = round_ == corrections
+                out = step_frame(sam, first, 0, frames, out_dict, points=points, prev=prev, memory=last)
+                terms.append(frame_loss(*calls[-1], batch.masks[:, 0]))
+                if not last:
+                    pred = out["pred_masks_high_res"][:, 0].detach() > 0
+                    xy, lab = correction_click(pred, batch.masks[:, 0], gen)
+                    points = (torch.cat([points[0], xy], 1), torch.cat([points[1], lab], 1))
+                    prev = out["pred_masks"].detach()
+        out_dict["cond_frame_outputs"][0] = out
+        for t in range(1, frames):
+            out = step_frame(sam, frame_features(feats, clips, frames, t), t, frames, out_dict)
+            out_dict["non_cond_frame_outputs"][t] = out
+            terms.append(frame_loss(*calls[-1], batch.masks[:, t]))
+    loss = torch.stack(terms).mean()
+    return loss, {"loss": float(loss.detach())}
+
+
+@contextlib.contextmanager
+def single_mask(sam: nn.Module):
+    """Single-mask output for every prompt while this stage runs, whatever the config says: one
+    click on a flat shape of this world is not ambiguous, and ReVIOSa decodes single masks."""
+    saved = sam.multimask_output_in_sam, sam.multimask_output_for_tracking
+    sam.multimask_output_in_sam = sam.multimask_output_for_tracking = False
+    try:
+        yield
+    finally:
+        sam.multimask_output_in_sam, sam.multimask_output_for_tracking = saved
+
+
+# --- the gate ---------------------------------------------------------------------------------
+
+
+@dataclass
+class HeldOut:
+    clips: list[tuple[torch.Tensor, torch.Tensor]]  # per clip: pixels (T, 3, S, S), masks (T, S, S)
+
+
+def held_out(cfg: SamPretrainConfig, sam_cfg) -> HeldOut:
+    """Validation clips from their own seed stream: no training draw can repeat them."""
+    rng = np.random.default_rng([cfg.seed, 1])
+    backgrounds = Backgrounds(rng, sam_cfg.image_size, count=16)
+    batch = draw_batch(rng, backgrounds, cfg.val_clips, cfg.val_frames, sam_cfg, cfg.min_visible)
+    t = cfg.val_frames
+    return HeldOut([(batch.pixels[c * t : (c + 1) * t], batch.masks[c]) for c in range(cfg.val_clips)])
+
+
+@torch.no_grad()
+def evaluate(sam: nn.Module, data: HeldOut, seed: int = 0, chunk: int = 8) -> dict[str, float]:
+    """``click_iou``: mean IoU from one random click inside the object, on every held-out frame
+    where it shows (no memory); ``jf`` / ``j`` / ``f`` (0-100): first-frame mask, then tracked
+    through the memory, scored on frames 1..T-1 (DAVIS leaves the given frame out)."""
+    gen = torch.Generator().manual_seed(seed)
+    was = sam.training
+    sam.eval()
+    click_ious, js, fs = [], [], []
+    with single_mask(sam):
+        for c0 in range(0, len(data.clips), chunk):
+            part = data.clips[c0 : c0 + chunk]
+            pixels = torch.cat([p for p, _ in part])
+            masks = torch.stack([m for _, m in part])  # (C, T, S, S)
+            clips, frames = masks.shape[:2]
+            feats = sam_ops.encode_images(sam, pixels)
+            for t in range(frames):  # one click, each frame on its own
+                f_t = frame_features(feats, clips, frames, t)
+                points = (click_inside(masks[:, t], gen), torch.ones(clips, 1, dtype=torch.long))
+                out = step_frame(sam, f_t, 0, 1, {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}},
+                                 points=points, memory=False)  # fmt: skip
+                pred = (out["pred_masks_high_res"][:, 0] > 0).numpy()
+                gt = (masks[:, t] > 0.5).numpy()
+                shows = gt.reshape(clips, -1).any(1)
+                click_ious += iou(gt[shows], pred[shows]).tolist()
+            out_dict: dict = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
+            first = frame_features(feats, clips, frames, 0)
+            out_dict["cond_frame_outputs"][0] = step_frame(sam, first, 0, frames, out_dict, mask=masks[:, :1])
+            for t in range(1, frames):
+                out = step_frame(sam, frame_features(feats, clips, frames, t), t, frames, out_dict)
+                out_dict["non_cond_frame_outputs"][t] = out
+                pred = (out["pred_masks_high_res"][:, 0] > 0).numpy()
+                gt = (masks[:, t] > 0.5).numpy()
+                js += iou(gt, pred).tolist()
+                fs += [f_measure(g, p) for g, p in zip(gt, pred, strict=True)]
+    sam.train(was)
+    j, f = 100 * float(np.mean(js)), 100 * float(np.mean(fs))
+    return {"click_iou": float(np.mean(click_ious)), "j": j, "f": f, "jf": (j + f) / 2}
+
+
+def gates(figures: dict[str, float]) -> list[report.Gate]:
+    return [
+        report.Gate("IoU from one click (held-out frames)", figures["click_iou"], 0.9),
+        report.Gate("J&F from a first-frame mask, through the memory (held-out clips)", figures["jf"], 90.0),
+    ]
+
+
+# --- training -------------------------------------------------------------------------------------
+
+
+def lr_at(step: int, cfg: SamPretrainConfig) -> float:
+    """Linear warm-up, then cosine to ``min_lr_ratio`` (a factor of cfg.lr)."""
+    warm = max(1, int(cfg.warmup * cfg.steps))
+    if step < warm:
+        return (step + 1) / warm
+    progress = (step - warm) / max(1, cfg.steps - warm)
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + np.cos(np.pi * progress))
+
+
+def save_sam(sam: nn.Module, path: Path, dtype: torch.dtype | None = None) -> None:
+    """``sam.*`` tensors of a ReviosaModel (what ``load_sam`` and model.sam_init read)."""
+    save_file(
+        {f"sam.{k}": (v.to(dtype) if dtype and v.is_floating_point() else v).contiguous()
+         for k, v in sam.state_dict().items()},
+        str(path),
+    )  # fmt: skip
+
+
+def load_sam(sam: nn.Module, path: str | Path) -> None:
+    """Load a ``save_sam`` file strictly (every tensor, same shapes), in the module's dtype."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no SAM2 weights at {path} (write them with python -m train.stages.sam_pretrain)"
+        )
+    tensors = load_file(str(path))
+    stray = [k for k in tensors if not k.startswith("sam.")]
+    if stray:
+        raise ValueError(f"{path} holds tensors outside SAM2: {stray[:3]}")
+    own = sam.state_dict()
+    state = {k.removeprefix("sam."): v.to(own[k.removeprefix("sam.")].dtype) if k.removeprefix("sam.") in own else v
+             for k, v in tensors.items()}  # fmt: skip
+    try:
+        sam.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"{path} does not fit this SAM2 (pretrain it with the same recipe): {err}") from err
+
+
+def pretrain(
+    sam: nn.Module,
+    cfg: SamPretrainConfig,
+    out: Path,
+    resume: bool = False,
+    log=logger.info,
+    stop_after: int | None = None,
+) -> list[dict]:
+    """Train ``sam`` in place (until ``stop_after`` when given); validations every ``cfg.every``
+    steps (and at the end) are returned and written to OUT/records.json beside a checkpoint
+    (weights + optimizer + step). Every random draw is seeded by the step, so a resumed run
+    trains exactly as an unbroken one."""
+    sam_cfg = _sam_cfg_of(sam)
+    opt = torch.optim.AdamW(sam.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, cfg))
+    start, records = 0, []
+    if resume and (out / STATE).is_file():
+        load_sam(sam, out / WEIGHTS)
+        state = torch.load(out / STATE, weights_only=False)
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        start, records = state["step"], json.loads((out / RECORDS).read_text())["records"]
+        log(f"resumed at step {start}")
+    val = held_out(cfg, sam_cfg)
+    # Each step draws from its own seed, so a resumed run draws what an unbroken one would.
+    backgrounds = Backgrounds(np.random.default_rng([cfg.seed, 2]), sam_cfg.image_size)
+    sam.train()
+    losses, t0 = [], time.perf_counter()
+    with single_mask(sam):
+        for step in range(start + 1, (stop_after or cfg.steps) + 1):
+            rng = np.random.default_rng([cfg.seed, 0, step])
+            torch.manual_seed(int(rng.integers(2**31)))  # dropout in the memory attention
+            gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
+            prompt = PROMPTS[int(rng.choice(3, p=np.asarray(cfg.prompt_mix) / sum(cfg.prompt_mix)))]
+            batch = draw_batch(rng, backgrounds, cfg.batch, cfg.frames, sam_cfg, cfg.min_visible)
+            loss, _ = clip_loss(sam, batch, prompt, cfg.corrections, gen)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(sam.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            losses.append(float(loss.detach()))
+            if step % cfg.every == 0 or step == cfg.steps:
+                record = {"step": step, "loss": float(np.mean(losses)), **evaluate(sam, val, cfg.seed)}
+                record["lr"] = float(sched.get_last_lr()[0])
+                record["seconds"] = time.perf_counter() - t0 + (records[-1]["seconds"] if records else 0.0)
+                t0 = time.perf_counter()
+                records.append(record)
+                losses = []
+                log(
+                    " ".join(
+                        f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()
+                    )
+                )
+                _checkpoint(sam, opt, sched, step, cfg, records, out)
+    return records
+
+
+def _checkpoint(sam, opt, sched, step, cfg, records, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    # Written aside and renamed: a copy (or a commit) never reads a half-written file.
+    save_sam(sam, out / (WEIGHTS + ".tmp"))
+    torch.save(
+        {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step}, out / (STATE + ".tmp")
+    )
+    (out / (WEIGHTS + ".tmp")).replace(out / WEIGHTS)
+    (out / (STATE + ".tmp")).replace(out / STATE)
+    (out / RECORDS).write_text(json.dumps({"config": asdict(cfg), "records": records}, indent=2) + "\n")
+
+
+def _sam_cfg_of(sam: nn.Module):
+    cfg = getattr(sam, "reviosa_config", None)
+    if cfg is None:
+        raise ValueError("build the SAM2 with build_stage_sam (it records its config)")
+    return cfg
+
+
+def build_stage_sam(config: ReviosaConfig, seed: int = 0) -> nn.Module:
+    """A freshly initialised SAM2 of the model config, seeded, remembering its SamConfig."""
+    torch.manual_seed(seed)
+    sam = sam_ops.build_sam(config.sam).train()
+    sam.reviosa_config = config.sam
+    return sam
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m train.stages.sam_pretrain", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument(
+        "--recipe", default="train/recipes/stages.yaml", help="the stages' recipe (model geometry)"
+    )
+    parser.add_argument("--out", required=True, help="folder for sam.safetensors, state.pt, records.json")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT's checkpoint")
+    parser.add_argument("--report", default=str(report.REPORT_DIR), help="stages' report folder ('' : none)")
+    parser.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a model config field over the recipe, e.g. sam.image_size=256",
+    )
+    defaults = SamPretrainConfig()
+    for name in CLI_FIELDS:
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(getattr(defaults, name)),
+                            default=getattr(defaults, name))  # fmt: skip
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    cfg = SamPretrainConfig(**{k: getattr(args, k) for k in CLI_FIELDS})
+    config = stage_model_config(args.recipe, args.model)
+    sam = build_stage_sam(config, cfg.seed)
+    out = Path(args.out)
+    t0 = time.perf_counter()
+    records = pretrain(sam, cfg, out, resume=args.resume)
+    figures = {k: v for k, v in records[-1].items() if k in ("click_iou", "j", "f", "jf", "loss")}
+    if args.report:
+        command = "python -m train.stages.sam_pretrain " + shlex.join(sys.argv[1:] if argv is None else argv)
+        notes = (f"{cfg.steps} steps of {cfg.batch} clips x {cfg.frames} frames; SAM2 input "
+                 f"{config.sam.image_size} px; weights in `{out / WEIGHTS}`.")  # fmt: skip
+        report.write_section("sam_pretrain", "Stage 2: promptable SAM2 pretraining", command,
+                             records[-1]["seconds"] if records else time.perf_counter() - t0,
+                             gates(figures), figures, notes, Path(args.report))  # fmt: skip
+        report.assemble(Path(args.report))
+    print(f"wrote {out / WEIGHTS}")
+
+
+if __name__ == "__main__":
+    main()

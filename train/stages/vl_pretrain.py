@@ -1,0 +1,449 @@
+"""Stage 1: vision-language pretraining of the InternVL stand-in (vision tower, projector, LLM).
+
+python -m train.stages.vl_pretrain --out runs/stage1 [--recipe train/recipes/stages.yaml]
+    [--tower-steps 16000] [--qa-steps 1500] [--phase both|tower|qa]
+
+Two phases, each resumable from what it wrote (a phase whose file is in OUT is not run again):
+
+1. ``tower``: the vision tower and projector alone learn to tell each object's colour, shape, size
+   and texture, through one linear head per attribute over its tokens pooled by coverage, on
+   freshly rendered stills (``train.stages.vision_tower``; writes OUT/vision.safetensors). These
+   heads are the gate's linear probes, scored on held-out scenes of another seed.
+2. ``qa``: the language model (all of it: layers, embedding, lm_head) learns to answer questions
+   about short clips through the frozen tower and projector: the colour, shape, size and place of
+   an object it names by its other attributes, and how it moves ("how does the red square move?"
+   -> "moving left", in the synthetic world's own motion phrases). The prompt is the ReVIOSa one
+   (one image block per keyframe, 4 keyframes spread over the clip) with the question in place of
+   the instruction; the loss is next-token CE on the answer. Writes OUT/mllm.safetensors (the whole
+   ``mllm.*``) and OUT/tokenizer/, which stage 3 loads (``model.mllm_init``).
+
+Gate: the probes read colour, shape and size >= 95 % each on held-out objects; the LLM answers
+held-out attribute and motion questions >= 90 % (exact answers, each kind on its own).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from reviosa import tokens
+from reviosa.data.synth import expression_corpus
+from reviosa.data.synth_language import MOTION_PHRASES
+from reviosa.data.synth_motion import SINGLE_MOTIONS
+from reviosa.modeling import ReviosaModel
+from reviosa.tokenizer import build_tokenizer
+from train import report
+from train.stages import vision_tower
+from train.stages.clips import Backgrounds, Clip, full_area, random_clip
+from train.stages.common import RECIPE, stage_model_config
+
+logger = logging.getLogger(__name__)
+
+MLLM, TOKENIZER, QA_RECORDS = "mllm.safetensors", "tokenizer", "qa.json"
+KINDS = ("colour", "shape", "size", "position", "motion")
+QA_STRIDE = 9  # keyframes 0, 9, 18, 27 of a 32-frame path: odd, so "shaking" never looks still
+
+
+@dataclass
+class QAConfig:
+    steps: int = 1500
+    clips: int = 8  # clips per step
+    questions: int = 3  # questions per clip (they share its encoded frames)
+    lr: float = 1e-3
+    warmup: float = 0.05
+    min_lr_ratio: float = 0.05
+    min_visible: float = 0.5  # an object asked about shows this share of its area on frame 0
+    val_clips: int = 200
+    every: int = 250
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Question:
+    text: str
+    answer: str
+    kind: str
+
+
+# --- questions --------------------------------------------------------------------------------
+
+
+def _unique(clip: Clip, k: int, attrs: tuple[str, ...]) -> bool:
+    """Object k is the only one of the clip with these attributes of its own."""
+    want = [getattr(clip.looks[k], a) for a in attrs]
+    return (
+        sum(all(getattr(look, a) == w for a, w in zip(attrs, want, strict=True)) for look in clip.looks) == 1
+    )
+
+
+def _name(clip: Clip, k: int, attrs: tuple[str, ...]) -> str:
+    look = clip.looks[k]
+    words = [getattr(look, a) for a in ("size", "colour") if a in attrs]
+    return "the " + " ".join([*words, look.shape if "shape" in attrs else "object"])
+
+
+def questions_about(clip: Clip, k: int, size: int) -> list[Question]:
+    """Every question about object k that its clip answers unambiguously."""
+    look = clip.looks[k]
+    out: list[Question] = []
+    for attrs in (("shape",), ("size", "shape")):
+        if _unique(clip, k, attrs):
+            out.append(Question(f"what colour is {_name(clip, k, attrs)}?", look.colour, "colour"))
+            break
+    for attrs in (("colour",), ("size", "colour")):
+        if _unique(clip, k, attrs):
+            out.append(Question(f"what shape is {_name(clip, k, attrs)}?", look.shape, "shape"))
+            break
+    if _unique(clip, k, ("colour", "shape")):
+        name = _name(clip, k, ("colour", "shape"))
+        out.append(Question(f"is {name} big or small?", look.size, "size"))
+        x, y = clip.paths[k, 0]
+        if min(abs(x - size / 2), abs(y - size / 2)) > look.radius:  # clearly in one quadrant
+            place = f"{'top' if y < size / 2 else 'bottom'} {'left' if x < size / 2 else 'right'}"
+            out.append(Question(f"where is {name}?", place, "position"))
+        if clip.motions[k] in SINGLE_MOTIONS:
+            out.append(Question(f"how does {name} move?", MOTION_PHRASES[clip.motions[k]], "motion"))
+    return out
+
+
+def clip_questions(rng: np.random.Generator, clip: Clip, count: int, min_visible: float) -> list[Question]:
+    """Up to ``count`` questions of different kinds about well-seen objects of the clip."""
+    size = clip.frames.shape[1]
+    pool = [
+        q
+        for k, look in enumerate(clip.looks)
+        if clip.masks(k)[0].sum() >= min_visible * full_area(look)
+        for q in questions_about(clip, k, size)
+    ]
+    if not pool:
+        return []
+    picked = rng.permutation(len(pool))[:count]
+    return [pool[int(i)] for i in picked]
+
+
+def qa_corpus() -> list[str]:
+    """Tokenizer corpus: the world's phrases plus every question and answer word."""
+    from reviosa.data.synth_render import COLOURS, SHAPES, SIZES
+
+    words = ["what colour is the", "what shape is the", "is the big or small?", "where is the",
+             "how does the move?", "top left", "top right", "bottom left", "bottom right", "object"]  # fmt: skip
+    return [*expression_corpus(), *words, *COLOURS, *SHAPES, *SIZES, *MOTION_PHRASES.values()]
+
+
+# --- batches --------------------------------------------------------------------------------------
+
+
+@dataclass
+class QABatch:
+    """input_ids long (N, L) right-padded, attention_mask long (N, L), labels long (N, L) (-100 but
+    on the answer and its closing token, shifted by the caller), pixels float (C*K, 3, S, S),
+    image_index long (N*K,), kinds: the kind of each question."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+    pixels: torch.Tensor
+    image_index: torch.Tensor
+    kinds: list[str]
+
+
+def question_ids(model: ReviosaModel, question: str, frames: int) -> list[int]:
+    """The ReVIOSa prompt (one image block per keyframe) with ``question`` as the user's text."""
+    tok, ids, cfg = model.tokenizer, model.processor.ids, model.config
+    control = lambda text: tok.encode(text, add_special_tokens=False)  # noqa: E731
+    out = control(f"{tokens.IM_START}user\n")
+    block = [ids.img_start] + [ids.img_context] * cfg.tokens_per_frame + [ids.img_end] + control("\n")
+    out += block * frames
+    out += tok.encode(question, add_special_tokens=False, split_special_tokens=True)
+    return out + control(f"{tokens.IM_END}\n{tokens.IM_START}assistant\n")
+
+
+def make_batch(model: ReviosaModel, clips: list[Clip], questions: list[list[Question]]) -> QABatch:
+    rows, labels, index, kinds = [], [], [], []
+    frames = clips[0].frames.shape[0]
+    for c, qs in enumerate(questions):
+        for q in qs:
+            prompt = question_ids(model, q.text, frames)
+            answer = model.processor.answer_ids(q.answer)
+            rows.append(prompt + answer)
+            labels.append([-100] * len(prompt) + answer)
+            index += [c * frames + k for k in range(frames)]
+            kinds.append(q.kind)
+    width = max(len(r) for r in rows)
+    pad = model.processor.ids.pad
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    lab = torch.full((len(rows), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (r, lb) in enumerate(zip(rows, labels, strict=True)):
+        ids[i, : len(r)], lab[i, : len(r)], mask[i, : len(r)] = torch.tensor(r), torch.tensor(lb), 1
+    pixels = model.processor.mllm_pixels(np.concatenate([c.frames for c in clips]))
+    return QABatch(ids, mask, lab, pixels, torch.tensor(index), kinds)
+
+
+def answer_logits(model: ReviosaModel, batch: QABatch) -> torch.Tensor:
+    """Next-token logits (N, L, V) of the whole sequences."""
+    embeds = model.embed(batch.input_ids.to(model.device), batch.pixels, batch.image_index)
+    hidden = model.hidden_states(embeds, batch.attention_mask.to(model.device))
+    return model.mllm.lm_head(hidden)
+
+
+def qa_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token CE over the answer tokens of the batch."""
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten().to(logits.device))
+
+
+def answers_right(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """bool (N,): every answer token is the argmax given the true prefix (greedy decoding would
+    write the answer exactly)."""
+    target = labels[:, 1:].to(logits.device)
+    hit = (logits[:, :-1].argmax(-1) == target) | (target == -100)
+    return hit.all(1)
+
+
+def draw(rng, backgrounds, cfg: QAConfig, count: int) -> tuple[list[Clip], list[list[Question]]]:
+    clips, questions = [], []
+    while len(clips) < count:
+        clip = random_clip(rng, backgrounds, 4, max_stride=QA_STRIDE, stride=QA_STRIDE)
+        qs = clip_questions(rng, clip, cfg.questions, cfg.min_visible)
+        if qs:
+            clips.append(clip)
+            questions.append(qs)
+    return clips, questions
+
+
+@torch.no_grad()
+def qa_accuracy(model: ReviosaModel, val: tuple[list[Clip], list[list[Question]]], chunk: int = 16) -> dict:
+    """Per question kind, the share of held-out questions answered exactly."""
+    right = dict.fromkeys(KINDS, 0)
+    total = dict.fromkeys(KINDS, 0)
+    was = model.training
+    model.eval()
+    clips, questions = val
+    for i in range(0, len(clips), chunk):
+        batch = make_batch(model, clips[i : i + chunk], questions[i : i + chunk])
+        ok = answers_right(answer_logits(model, batch), batch.labels)
+        for kind, good in zip(batch.kinds, ok.tolist(), strict=True):
+            right[kind] += int(good)
+            total[kind] += 1
+    model.train(was)
+    return {f"qa_{k}": right[k] / total[k] for k in KINDS if total[k]} | {
+        f"qa_{k}_n": float(total[k]) for k in KINDS
+    }
+
+
+def freeze_vision(model: ReviosaModel) -> list:
+    """Only the language side trains: the layers, the embedding and lm_head."""
+    trained = []
+    for name, p in model.mllm.named_parameters():
+        keep = not name.startswith(("model.vision_tower", "model.multi_modal_projector"))
+        p.requires_grad_(keep)
+        if keep:
+            trained.append(p)
+    for p in [*model.prompt_proj.parameters(), *model.sam.parameters()]:
+        p.requires_grad_(False)
+    return trained
+
+
+def train_qa(model: ReviosaModel, cfg: QAConfig, log=logger.info) -> list[dict]:
+    """Phase 2 in place; validation records every ``cfg.every`` steps and at the end."""
+    torch.manual_seed(cfg.seed)
+    size = model.config.vision.image_size
+    val_rng = np.random.default_rng([cfg.seed, 1])
+    val = draw(val_rng, Backgrounds(val_rng, size, 16), cfg, cfg.val_clips)
+    rng = np.random.default_rng([cfg.seed, 0])
+    backgrounds = Backgrounds(rng, size)
+    params = freeze_vision(model)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    warm = max(1, int(cfg.warmup * cfg.steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt,
+        lambda s: (
+            min(1.0, (s + 1) / warm)
+            * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + np.cos(np.pi * s / cfg.steps)))
+        ),
+    )
+    model.train()
+    records, losses, t0 = [], [], time.perf_counter()
+    for step in range(1, cfg.steps + 1):
+        batch = make_batch(model, *draw(rng, backgrounds, cfg, cfg.clips))
+        loss = qa_loss(answer_logits(model, batch), batch.labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+        if step % cfg.every == 0 or step == cfg.steps:
+            record = {"step": step, "loss": float(np.mean(losses)), **qa_accuracy(model, val)}
+            record["seconds"] = time.perf_counter() - t0
+            records.append(record)
+            losses = []
+            log(" ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
+    return records
+
+
+# --- files ----------------------------------------------------------------------------------------
+
+
+def save_mllm(model: ReviosaModel, folder: Path, dtype: torch.dtype | None = None) -> None:
+    """``mllm.*`` tensors and the tokenizer: what ``load_mllm`` (model.mllm_init) reads."""
+    state = {
+        f"mllm.{k}": (v.to(dtype) if dtype and v.is_floating_point() else v).contiguous()
+        for k, v in model.mllm.state_dict().items()
+    }
+    save_file(state, str(folder / MLLM))
+    model.tokenizer.save_pretrained(str(folder / TOKENIZER))
+
+
+def load_mllm(model: ReviosaModel, path: str | Path) -> None:
+    """Load ``mllm.safetensors`` strictly (every tensor, same shapes) in the model's dtype."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no stage-1 weights at {path} (write them with python -m train.stages.vl_pretrain)"
+        )
+    tensors = load_file(str(path))
+    stray = [k for k in tensors if not k.startswith("mllm.")]
+    if stray:
+        raise ValueError(f"{path} holds tensors outside the MLLM: {stray[:3]}")
+    state = {
+        k.removeprefix("mllm."): v.to(model.dtype) if v.is_floating_point() else v for k, v in tensors.items()
+    }
+    try:
+        model.mllm.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ValueError(
+            f"{path} does not fit this model's MLLM (pretrain it with the same recipe): {err}"
+        ) from err
+
+
+def build(recipe: str, model_sets: list[str], tokenizer=None, seed: int = 0) -> ReviosaModel:
+    torch.manual_seed(seed)
+    return ReviosaModel(stage_model_config(recipe, model_sets), tokenizer or build_tokenizer(qa_corpus()))
+
+
+def gates(tower: dict, qa: dict) -> list[report.Gate]:
+    """The stage's gate figures that the records hold (a phase not run yet has none)."""
+    out = [
+        report.Gate(f"probe reads {a} (held-out objects)", tower[a], 0.95)
+        for a in ("colour", "shape", "size")
+        if a in tower
+    ]
+    out += [
+        report.Gate(f"LLM answers {k} questions (held-out clips)", qa[f"qa_{k}"], 0.9)
+        for k in KINDS
+        if f"qa_{k}" in qa
+    ]
+    return out
+
+
+def stage_records(out: Path) -> tuple[dict, dict, str]:
+    """The newest tower and QA validation records in the stage folder, and what state it is in."""
+    tower, qa, state = {}, {}, []
+    if (out / vision_tower.REPORT).is_file():
+        tower = json.loads((out / vision_tower.REPORT).read_text())["records"][-1]
+        state.append(f"tower done ({tower['step']} steps)")
+    elif (out / vision_tower.STATE).is_file():
+        records = torch.load(out / vision_tower.STATE, weights_only=False)["records"]
+        tower = records[-1] if records else {}
+        state.append(
+            f"tower under way (step {tower.get('step', 0)}; resumes from `{out / vision_tower.STATE}`)"
+        )
+    if (out / QA_RECORDS).is_file():
+        qa = json.loads((out / QA_RECORDS).read_text())["records"][-1]
+        state.append(f"QA done ({qa['step']} steps, {int(sum(v for k, v in qa.items() if k.endswith('_n')))} "
+                     "held-out questions)")  # fmt: skip
+    else:
+        state.append("QA not run yet")
+    return tower, qa, "; ".join(state)
+
+
+def write_report(out: Path, command: str, folder: Path) -> None:
+    """Stage 1's section of the report, from what the stage folder holds."""
+    tower, qa, state = stage_records(out)
+    figures = {f"probe_{a}": tower[a] for a in vision_tower.ATTRIBUTES if a in tower}
+    figures |= {k: v for k, v in qa.items() if k.startswith("qa_") and not k.endswith("_n")}
+    wall = tower.get("seconds", 0.0) + qa.get("seconds", 0.0)
+    report.write_section("vl_pretrain", "Stage 1: vision-language pretraining", command, wall,
+                         gates(tower, qa), figures, f"State: {state}. Folder: `{out}`.", folder)  # fmt: skip
+    report.assemble(folder)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m train.stages.vl_pretrain", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--out", required=True, help="stage folder (vision.*, mllm.safetensors, tokenizer/)")
+    parser.add_argument("--recipe", default=RECIPE, help="the stages' recipe (model geometry)")
+    parser.add_argument(
+        "--model", action="append", default=[], metavar="KEY=VALUE", help="a model config field"
+    )
+    parser.add_argument(
+        "--phase",
+        choices=("both", "tower", "qa", "report"),
+        default="both",
+        help="report: only write the section from what OUT holds",
+    )
+    parser.add_argument("--tower-steps", type=int, default=12000)
+    parser.add_argument("--tower-lr", type=float, default=1e-3)
+    parser.add_argument("--qa-steps", type=int, default=QAConfig.steps)
+    parser.add_argument("--qa-lr", type=float, default=QAConfig.lr)
+    parser.add_argument("--qa-val-clips", type=int, default=QAConfig.val_clips)
+    parser.add_argument("--every", type=int, default=250)
+    parser.add_argument("--val-scenes", type=int, default=512)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--report", default=str(report.REPORT_DIR), help="stages' report folder ('': none)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    command = "python -m train.stages.vl_pretrain " + shlex.join(sys.argv[1:] if argv is None else argv)
+    if args.phase != "report":
+        train_phases(args, out)
+    if args.report:
+        write_report(out, command, Path(args.report))
+
+
+def train_phases(args, out: Path) -> None:
+    model = build(args.recipe, args.model, seed=args.seed)
+    tower_file = out / vision_tower.WEIGHTS
+    if args.phase in ("both", "tower") and not tower_file.is_file():
+        tcfg = vision_tower.PretrainConfig(
+            steps=args.tower_steps,
+            lr=args.tower_lr,
+            every=args.every,
+            val_scenes=args.val_scenes,
+            seed=args.seed,
+        )
+        records = vision_tower.pretrain(model, tcfg, logger.info, out / vision_tower.STATE)
+        vision_tower.save_vision(model, tower_file)
+        (out / vision_tower.REPORT).write_text(
+            json.dumps({"config": asdict(tcfg), "records": records}, indent=2) + "\n"
+        )
+    if args.phase == "tower" or (out / MLLM).is_file():
+        return
+    vision_tower.load_vision(model, tower_file)
+    qcfg = QAConfig(
+        steps=args.qa_steps, lr=args.qa_lr, val_clips=args.qa_val_clips, every=args.every, seed=args.seed
+    )
+    qa_records = train_qa(model, qcfg)
+    save_mllm(model, out)
+    (out / QA_RECORDS).write_text(
+        json.dumps({"config": asdict(qcfg), "records": qa_records}, indent=2) + "\n"
+    )
+    logger.info("wrote %s", out / MLLM)
+
+
+if __name__ == "__main__":
+    main()
