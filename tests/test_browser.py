@@ -12,46 +12,22 @@ package; skipped with the reason when either is missing.
 
 from __future__ import annotations
 
-import os
-import socket
 from pathlib import Path
 
 import pytest
 import trial_inputs
+from browser_support import BOTH_ROLES, VIEWPORT, browser_page, requires_chromium, screenshot_dir, serve
 
-CHROMIUM = Path(os.environ.get("REVIOSA_CHROMIUM", "/usr/bin/chromium"))
 EXAMPLE = "white circle pushing the big red cross"  # a synthetic example (its button holds this)
 TIMEOUT_MS = 90_000  # the first request loads the model; the CI machine may be busy
-VIEWPORT = {"width": 1400, "height": 1000}
 
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(), reason=f"{CHROMIUM} missing: apt-get install -y chromium (Debian)"
-)
+pytestmark = requires_chromium
 sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _serve(model: str, forced_answer: str | None):
-    from app import CSS, Studio, build_demo
-    from studio.limits import Limits
-    from studio.service import ModelRegistry
-
-    demo = build_demo(Studio(ModelRegistry(model), Limits(), forced_answer=forced_answer))
-    _app, address, _share = demo.launch(
-        server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True, css=CSS
-    )
-    return demo, address
 
 
 @pytest.fixture(scope="module")
 def url(answering_model_dir):
-    # Forced answer: the tiny test model then draws both an actor and a target track.
-    demo, address = _serve(str(answering_model_dir), "Sure, [SEG_ACT] and [SEG_TAR].")
+    demo, address = serve(str(answering_model_dir), BOTH_ROLES)
     yield address
     demo.close()
 
@@ -59,27 +35,20 @@ def url(answering_model_dir):
 @pytest.fixture(scope="module")
 def builtin_url():
     """The shipped built-in model: 3 layers x 6 heads, the grid of the trial (H0-H5)."""
-    demo, address = _serve("builtin", None)
+    demo, address = serve("builtin")
     yield address
     demo.close()
 
 
 @pytest.fixture
 def shots(tmp_path) -> Path:
-    folder = Path(os.environ.get("REVIOSA_SCREENSHOTS", tmp_path))
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+    return screenshot_dir(tmp_path)
 
 
 @pytest.fixture
 def page():
-    with sync_api.sync_playwright() as p:
-        # --no-sandbox: CI containers run as root, where chromium's sandbox cannot start.
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
-        page = browser.new_page(viewport=VIEWPORT)
-        page.set_default_timeout(TIMEOUT_MS)
+    with browser_page(TIMEOUT_MS) as page:
         yield page
-        browser.close()
 
 
 def _pick_example(page) -> None:

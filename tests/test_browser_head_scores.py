@@ -12,13 +12,11 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import socket
 from pathlib import Path
 
 import pytest
+from browser_support import BOTH_ROLES, browser_page, requires_chromium, screenshot_dir, serve
 
-CHROMIUM = Path(os.environ.get("REVIOSA_CHROMIUM", "/usr/bin/chromium"))
 EXPRESSION = "white circle pushing the big red cross"  # a synthetic example (its button holds this)
 TIMEOUT_MS = 90_000  # the first request loads the model; the machine may be busy
 TABLE = "#head-scores-table"
@@ -28,51 +26,26 @@ _ROWS = (
     ".sort((a, b) => a.dataset.index - b.dataset.index)"
 )
 
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(), reason=f"{CHROMIUM} missing: apt-get install -y chromium (Debian)"
-)
+pytestmark = requires_chromium
 sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def url(answering_model_dir):
-    from app import Studio, build_demo
-    from studio.limits import Limits
-    from studio.service import ModelRegistry
-
-    studio = Studio(
-        ModelRegistry(str(answering_model_dir)), Limits(), forced_answer="Sure, [SEG_ACT] and [SEG_TAR]."
-    )
-    demo = build_demo(studio)
-    _app, address, _share = demo.launch(
-        server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True
-    )
+    demo, address = serve(str(answering_model_dir), BOTH_ROLES)
     yield address
     demo.close()
 
 
 @pytest.fixture
 def shots(tmp_path) -> Path:
-    folder = Path(os.environ.get("REVIOSA_SCREENSHOTS", tmp_path))
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+    return screenshot_dir(tmp_path)
 
 
 @pytest.fixture
 def page():
-    with sync_api.sync_playwright() as p:
-        # --no-sandbox: CI containers run as root, where chromium's sandbox cannot start.
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(TIMEOUT_MS)
+    with browser_page(TIMEOUT_MS) as page:
         yield page
-        browser.close()
 
 
 def _column(page, index: int) -> list[float]:
