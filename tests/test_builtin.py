@@ -1,7 +1,7 @@
 """The built-in model shipped in reviosa/builtin: loads strictly, answers in the right form.
 
-Its segmentation quality is measured by scripts/reproduce_builtin.sh (scores in
-reviosa/builtin/eval/), not here.
+Its segmentation quality is measured by `predict --dataset` + `evaluate` (docs/training.md, "The
+one-run recipe"; scores in reviosa/builtin/eval/), not here.
 """
 
 from __future__ import annotations
