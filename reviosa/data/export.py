@@ -136,7 +136,7 @@ def write_interrvos_sample(
     )
     record = VideoRecord(
         video_id=video_id,
-        frames=_FrameSequence(frames),
+        frames=FrameSequence(frames),
         objects=[ObjectTrack(i, track) for i, track in objects.items()],
         expressions=[spec],
     )
@@ -169,8 +169,9 @@ def _check_tracks(tracks: Mapping[int, MaskTrack], frames: FrameSource) -> None:
             raise ValueError(f"object {obj_id}'s track is {track.shape}; the frames are {expected} (T, H, W)")
 
 
-class _FrameSequence(Sequence):
-    """A FrameSource as the sequence of frames ``write_dataset`` takes, one decoded at a time."""
+class FrameSequence(Sequence):
+    """A FrameSource seen as a sequence of uint8 (H, W, 3) frames, read one at a time (what
+    ``write_dataset`` consumes), so writing a long video keeps one frame in memory."""
 
     def __init__(self, source: FrameSource):
         self.source = source

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from reviosa import rle
+from reviosa.data.export import FrameSequence  # one frame in memory at a time; shared with the studio export
 from reviosa.video import ArrayVideo, CallbackVideo, FrameSource, MaskTrack, VideoFile
 
 logger = logging.getLogger(__name__)
@@ -89,25 +90,6 @@ class VideoInput:
             for mask in obj.masks:
                 digest.update(np.packbits(mask).tobytes())
         return digest.hexdigest()[:16]
-
-
-class FrameSequence(Sequence):
-    """A FrameSource seen as a sequence of uint8 (H, W, 3) frames, read one at a time (what
-    ``write_dataset`` consumes), so writing a long video keeps one frame in memory."""
-
-    def __init__(self, source: FrameSource):
-        self.source = source
-
-    def __len__(self) -> int:
-        return self.source.num_frames
-
-    def __getitem__(self, index: int) -> np.ndarray:
-        if not -len(self) <= index < len(self):
-            raise IndexError(index)
-        return self.source.read([index % len(self)])[0]
-
-    def __iter__(self) -> Iterator[np.ndarray]:
-        return iter(self.source.iter_frames())
 
 
 class InputSet:
