@@ -4,10 +4,12 @@ its checkpoint loading strictly into the next stage, and the report."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 TINY_RECIPE = """\
 preset: tiny
@@ -249,6 +251,19 @@ def test_stages_3_to_5_run_from_the_stage_files_and_report(stage12, recipe, tmp_
         saved = json.loads((s5 / name / "seed1" / "train_config.json").read_text())
         assert saved["model"]["path"] == str(s3 / "model") and saved["seed"] == 1
         assert (s5 / name / "seed1.json").is_file()
+    for model in (s3 / "model", s4 / "model"):  # committed at half the size
+        tensors = load_file(str(model / "model.safetensors"))
+        assert {v.dtype for v in tensors.values() if v.is_floating_point()} == {torch.float16}
+    # A fresh clone holds what .gitignore keeps: the exports and the scores, not the generated data
+    # or the per-seed runs. The ablation renders the data again and trains nothing already scored.
+    shutil.rmtree(s3 / "data")
+    for name in ("single_seg", "single_seg_aml", "two_tokens", "two_tokens_aml"):
+        shutil.rmtree(s5 / name / "seed1")
+    ablation.main(["--stage3", str(s3), "--stage4", str(s4), "--out", str(s5), "--recipe", recipe, "--steps", "1",
+                   "--seeds", "1", "--test-clips", "1", "--report", str(rep)])  # fmt: skip
+    assert (s3 / "data" / "train" / "meta_expressions.json").is_file()
+    assert not (s5 / "single_seg" / "seed1").exists()
+    assert (s5 / "ablation.md").read_text() == table
     report = (rep / "report.md").read_text()
     for title in ("Stage 1", "Stage 2", "Stage 3", "Stage 4", "Stage 5"):
         assert title in report

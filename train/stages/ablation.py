@@ -97,6 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     t0 = time.perf_counter()
     stage3, out = Path(args.stage3), Path(args.out)
+    finetune.ensure_data(finetune.stage_config(args.recipe, []), stage3 / "data")
     layer, heads = stage4.pick_heads(stage3, Path(args.stage4), samples=200)
     test = out / f"test_seed{args.test_seed}"
     if not (test / "test").is_dir():
@@ -105,11 +106,14 @@ def main(argv: list[str] | None = None) -> None:
     scores: dict[str, list[dict]] = {}
     for name, two, aml in VARIANTS:
         for seed in args.seeds:
-            run = out / name / f"seed{seed}"
+            run, scored = out / name / f"seed{seed}", out / name / f"seed{seed}.json"
+            if scored.is_file():  # committed scores: a later session goes on with the runs left
+                scores.setdefault(name, []).append(json.loads(scored.read_text()))
+                continue
             sets = [*stage4.sets(stage3, layer, heads, args.steps), *variant_sets(two, aml, seed), *args.set]
             cfg = finetune.stage_config(args.recipe, sets + ["eval.clips=0", "eval.at_end=false"])
             finetune.run(cfg, run, resume=False)
-            scores.setdefault(name, []).append(score(run / "model", test, out / name / f"seed{seed}.json"))
+            scores.setdefault(name, []).append(score(run / "model", test, scored))
     summary = summarise(scores)
     text = table(summary, len(args.seeds))
     (out / "ablation.md").write_text(text + "\n")

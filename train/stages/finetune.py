@@ -7,8 +7,10 @@ import json
 import time
 from pathlib import Path
 
+import torch
+
 from train.config import TrainConfig, load_config
-from train.loop import LOG_NAME, Trainer
+from train.loop import LOG_NAME, Trainer, export_run
 
 # The paper freezes the InternViT and the SAM2 image encoder; ours also keeps the projector and
 # SAM2's memory modules as stages 1-2 left them (a loop that decodes frames one by one never
@@ -21,14 +23,28 @@ def stage_config(recipe: str, sets: list[str]) -> TrainConfig:
     return load_config(recipe, sets)
 
 
-def run(cfg: TrainConfig, out: Path, resume: bool) -> tuple[dict, float]:
+def run(
+    cfg: TrainConfig, out: Path, resume: bool, export_dtype: torch.dtype | None = None
+) -> tuple[dict, float]:
     """Train (or finish) the run in ``out``; its last validation metrics and this call's wall time.
-    A finished run (``out/model`` exported) is not trained again."""
+    A finished run (``out/model`` exported) is not trained again. ``export_dtype`` (e.g. float16, to
+    commit the model at half the size) rewrites the export of a run trained by this call."""
     t0 = time.perf_counter()
     if not (out / "model" / "model.safetensors").is_file():
         resume = resume or (out / "checkpoints").is_dir()
         Trainer(cfg, out, resume=resume).fit()
+        if export_dtype is not None:
+            export_run(out, out / "model", dtype=export_dtype)
     return last_eval(out), time.perf_counter() - t0
+
+
+def ensure_data(cfg: TrainConfig, root: Path) -> None:
+    """Render the recipe's synthetic train and val splits into ``root`` unless they are there: a
+    fresh clone has stage 3's model but not its data (deterministic from the recipe's seed, so
+    the clips are the ones stage 3 trained on)."""
+    from train.loop import _ensure_synth
+
+    _ensure_synth(root, cfg.data.synth, with_val=True)
 
 
 def last_eval(out: Path) -> dict:

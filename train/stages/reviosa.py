@@ -21,6 +21,8 @@ import shlex
 import sys
 from pathlib import Path
 
+import torch
+
 from train import report
 from train.stages import finetune
 from train.stages.common import RECIPE
@@ -76,10 +78,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     stage3, out = Path(args.stage3), Path(args.out)
+    finetune.ensure_data(finetune.stage_config(args.recipe, []), stage3 / "data")
     layer, heads = pick_heads(stage3, out, args.samples)
     logger.info("AML on layer %d, heads %s (selected on stage 3)", layer, heads)
     cfg = finetune.stage_config(args.recipe, [*sets(stage3, layer, heads, args.steps), *args.set])
-    metrics, wall = finetune.run(cfg, out, args.resume)
+    # float16, as stage 3 (the built-in model is this export, copied)
+    metrics, wall = finetune.run(cfg, out, args.resume, export_dtype=torch.float16)
     if args.report:
         command = "python -m train.stages.reviosa " + shlex.join(sys.argv[1:] if argv is None else argv)
         figures = {k: v for k, v in metrics.items() if k.endswith("JF") or k == "token_accuracy"}

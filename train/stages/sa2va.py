@@ -19,6 +19,8 @@ import shlex
 import sys
 from pathlib import Path
 
+import torch
+
 from train import report
 from train.stages import finetune
 from train.stages.common import RECIPE
@@ -54,7 +56,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     cfg = finetune.stage_config(args.recipe, [*sets(args.stage1, args.stage2, args.steps), *args.set])
     out = Path(args.out)
-    metrics, wall = finetune.run(cfg, out, args.resume)
+    # float16: the model is committed (checkpoints/stage3/model) and stage 4 loads it as float32
+    metrics, wall = finetune.run(cfg, out, args.resume, export_dtype=torch.float16)
     if args.report:
         command = "python -m train.stages.sa2va " + shlex.join(sys.argv[1:] if argv is None else argv)
         figures = {k: v for k, v in metrics.items() if k.startswith(("actor", "rvos", "token"))}
