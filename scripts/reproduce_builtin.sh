@@ -28,7 +28,7 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 [ -f "$S1/mllm.safetensors" ] || $PY -m train.stages.vl_pretrain --out "$S1" --tower-steps 12000 --qa-steps 1500
 [ -f "$S2/done" ] || { $PY -m train.stages.sam_pretrain --out "$S2" --steps 1500 --every 250 --val-clips 24 --resume && touch "$S2/done"; }
 $PY -m train.stages.sa2va --stage1 "$S1" --stage2 "$S2" --out "$RUN/stage3" --steps 800
-$PY -m train.stages.reviosa --stage3 "$RUN/stage3" --out "$RUN/stage4" --steps 600
+$PY -m train.stages.reviosa --stage3 "$RUN/stage3" --out "$RUN/stage4" --steps 500
 
 MODEL=$RUN/stage4/model
 EVAL=$RUN/stage4/eval

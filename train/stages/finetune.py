@@ -4,7 +4,6 @@ its validation J&F, and its section of the report."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import torch
@@ -26,16 +25,33 @@ def stage_config(recipe: str, sets: list[str]) -> TrainConfig:
 def run(
     cfg: TrainConfig, out: Path, resume: bool, export_dtype: torch.dtype | None = None
 ) -> tuple[dict, float]:
-    """Train (or finish) the run in ``out``; its last validation metrics and this call's wall time.
-    A finished run (``out/model`` exported) is not trained again. ``export_dtype`` (e.g. float16, to
-    commit the model at half the size) rewrites the export of a run trained by this call."""
-    t0 = time.perf_counter()
+    """Train (or finish) the run in ``out``; its last validation metrics and its training time
+    (seconds, every step the log holds: a finished run asked again reports the time it took).
+    A finished run (``out/model`` exported) is not trained again. ``export_dtype`` (e.g. float16,
+    to commit the model at half the size) rewrites the export of a run trained by this call."""
     if not (out / "model" / "model.safetensors").is_file():
         resume = resume or (out / "checkpoints").is_dir()
         Trainer(cfg, out, resume=resume).fit()
         if export_dtype is not None:
             export_run(out, out / "model", dtype=export_dtype)
-    return last_eval(out), time.perf_counter() - t0
+    return last_eval(out), step_seconds(out)
+
+
+def _records(out: Path) -> list[dict]:
+    path = out / LOG_NAME
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def last_eval(out: Path) -> dict:
+    """The newest evaluation record of a run's log (an empty dict when it has none)."""
+    evals = [r["eval"] for r in _records(out) if "eval" in r]
+    return evals[-1] if evals else {}
+
+
+def step_seconds(out: Path) -> float:
+    """Seconds of the run's steps (the log's ``time_s``: checkpoint writes and in-run validations
+    count in the step after them, the validation at the end does not)."""
+    return float(sum(r.get("time_s", 0.0) for r in _records(out) if "eval" not in r))
 
 
 def ensure_data(cfg: TrainConfig, root: Path) -> None:
@@ -45,12 +61,3 @@ def ensure_data(cfg: TrainConfig, root: Path) -> None:
     from train.loop import _ensure_synth
 
     _ensure_synth(root, cfg.data.synth, with_val=True)
-
-
-def last_eval(out: Path) -> dict:
-    """The newest evaluation record of a run's log (an empty dict when it has none)."""
-    path = out / LOG_NAME
-    if not path.is_file():
-        return {}
-    evals = [r["eval"] for r in map(json.loads, path.read_text().splitlines()) if "eval" in r]
-    return evals[-1] if evals else {}
