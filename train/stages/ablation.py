@@ -104,8 +104,9 @@ def main(argv: list[str] | None = None) -> None:
         subprocess.run([sys.executable, "-m", "reviosa", "synth", "--out", str(test), "--split", "test",
                         "--clips", str(args.test_clips), "--seed", str(args.test_seed)], check=True)  # fmt: skip
     scores: dict[str, list[dict]] = {}
-    for name, two, aml in VARIANTS:
-        for seed in args.seeds:
+    # Seed by seed, so a session that stops midway leaves whole rows of seeds to compare.
+    for seed in args.seeds:
+        for name, two, aml in VARIANTS:
             run, scored = out / name / f"seed{seed}", out / name / f"seed{seed}.json"
             if scored.is_file():  # committed scores: a later session goes on with the runs left
                 scores.setdefault(name, []).append(json.loads(scored.read_text()))
