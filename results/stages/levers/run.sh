@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Stage-2 levers, short runs side by side in time (one after the other): SAM2 input 128 vs 256.
-cd /work/wt/stages
+cd "$(dirname "$0")/../../.."
 export OMP_NUM_THREADS=1
 for size in 128 256; do
   .venv/bin/python -m train.stages.sam_pretrain --out runs/levers/sam$size --model sam.image_size=$size \
