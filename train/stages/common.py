@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import torch
 import yaml
+from safetensors.torch import load_file, save_file
+from torch import nn
 
 from reviosa.config import ReviosaConfig
 from train.config import load_config
@@ -30,3 +35,36 @@ def stage_model_config(recipe: str = RECIPE, model_sets: list[str] | None = None
         raise ValueError(f"{recipe}: the stages build a from-scratch model (model.kind: scratch)")
     cfg.model.overrides = {**cfg.model.overrides, **parse_model_sets(model_sets or [])}
     return model_config(cfg)
+
+
+def save_parts(parts: dict[str, nn.Module], path: Path, dtype: torch.dtype | None = None) -> None:
+    """Each part's tensors under its name (``{name}.{key}``), floating ones stored as ``dtype`` when
+    given: the stage files that ``load_parts`` (and model.*_init) read."""
+    save_file(
+        {f"{name}.{key}": (v.detach().to(dtype) if dtype and v.is_floating_point() else v.detach()).contiguous()
+         for name, part in parts.items() for key, v in part.state_dict().items()},
+        str(path),
+    )  # fmt: skip
+
+
+def load_parts(parts: dict[str, nn.Module], path: str | Path, what: str, writer: str) -> None:
+    """Load a ``save_parts`` file strictly: every tensor of every part, nothing else, the same
+    shapes; each tensor in its part's dtype. ``what`` names the parts in errors, ``writer`` the
+    module that writes the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no {what} weights at {path} (write them with python -m {writer})")
+    tensors = load_file(str(path))
+    stray = [k for k in tensors if not k.startswith(tuple(f"{name}." for name in parts))]
+    if stray:
+        raise ValueError(f"{path} holds tensors outside the {what}: {stray[:3]}")
+    for name, part in parts.items():
+        own = part.state_dict()
+        mine = {k.removeprefix(f"{name}."): v for k, v in tensors.items() if k.startswith(f"{name}.")}
+        state = {k: v.to(own[k].dtype) if k in own else v for k, v in mine.items()}
+        try:
+            part.load_state_dict(state, strict=True)
+        except RuntimeError as err:
+            raise ValueError(
+                f"{path} does not fit this model's {what} (pretrain it with the same recipe): {err}"
+            ) from err

@@ -33,7 +33,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from reviosa import sam as sam_ops
@@ -43,7 +42,7 @@ from reviosa.hooks import this_thread_only
 from train import report
 from train.losses import dice, sigmoid_ce
 from train.stages.clips import Backgrounds, Clip, full_area, random_clip
-from train.stages.common import stage_model_config
+from train.stages.common import load_parts, save_parts, stage_model_config
 
 logger = logging.getLogger(__name__)
 
@@ -338,31 +337,12 @@ def lr_at(step: int, cfg: SamPretrainConfig) -> float:
 
 def save_sam(sam: nn.Module, path: Path, dtype: torch.dtype | None = None) -> None:
     """``sam.*`` tensors of a ReviosaModel (what ``load_sam`` and model.sam_init read)."""
-    save_file(
-        {f"sam.{k}": (v.to(dtype) if dtype and v.is_floating_point() else v).contiguous()
-         for k, v in sam.state_dict().items()},
-        str(path),
-    )  # fmt: skip
+    save_parts({"sam": sam}, path, dtype)
 
 
 def load_sam(sam: nn.Module, path: str | Path) -> None:
     """Load a ``save_sam`` file strictly (every tensor, same shapes), in the module's dtype."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"no SAM2 weights at {path} (write them with python -m train.stages.sam_pretrain)"
-        )
-    tensors = load_file(str(path))
-    stray = [k for k in tensors if not k.startswith("sam.")]
-    if stray:
-        raise ValueError(f"{path} holds tensors outside SAM2: {stray[:3]}")
-    own = sam.state_dict()
-    state = {k.removeprefix("sam."): v.to(own[k.removeprefix("sam.")].dtype) if k.removeprefix("sam.") in own else v
-             for k, v in tensors.items()}  # fmt: skip
-    try:
-        sam.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise ValueError(f"{path} does not fit this SAM2 (pretrain it with the same recipe): {err}") from err
+    load_parts({"sam": sam}, path, "SAM2", "train.stages.sam_pretrain")
 
 
 def pretrain(

@@ -28,7 +28,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from reviosa.data.synth import random_look
@@ -39,6 +38,7 @@ from train.config import load_config
 from train.data import coverage
 from train.model import model_config
 from train.stages.clips import Backgrounds, full_area
+from train.stages.common import load_parts, save_parts
 
 ATTRIBUTES: dict[str, tuple[str, ...]] = {
     "colour": tuple(COLOURS),
@@ -220,35 +220,13 @@ def pretrain(
 
 
 def save_vision(model: ReviosaModel, path: Path) -> None:
-    tensors = {
-        f"{name}.{key}": value.detach().contiguous()
-        for name, part in vision_parts(model).items()
-        for key, value in part.state_dict().items()
-    }
-    save_file(tensors, str(path))
+    save_parts(vision_parts(model), path)
 
 
 def load_vision(model: ReviosaModel, path: str | Path) -> None:
     """Load a ``vision_tower`` file into the model's vision tower and projector, strictly: every
     tensor of both parts, nothing else, with the same shapes."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"model.vision_init: no file {path} (write one with python -m train.stages.vision_tower)"
-        )
-    tensors = load_file(str(path))
-    for name, part in vision_parts(model).items():
-        prefix = f"{name}."
-        own = {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
-        try:
-            part.load_state_dict(own, strict=True)
-        except RuntimeError as err:
-            raise ValueError(
-                f"{path} does not fit this model's {name} (pretrain it with the same model config): {err}"
-            ) from err
-    stray = [k for k in tensors if not k.startswith(tuple(f"{n}." for n in PARTS))]
-    if stray:
-        raise ValueError(f"{path} holds tensors outside the vision tower and projector: {stray[:3]}")
+    load_parts(vision_parts(model), path, "vision tower and projector", "train.stages.vision_tower")
 
 
 def main(argv: list[str] | None = None) -> None:

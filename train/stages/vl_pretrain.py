@@ -35,7 +35,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 
 from reviosa import tokens
 from reviosa.data.synth import expression_corpus
@@ -46,7 +45,7 @@ from reviosa.tokenizer import build_tokenizer
 from train import report
 from train.stages import vision_tower
 from train.stages.clips import Backgrounds, Clip, full_area, random_clip
-from train.stages.common import RECIPE, stage_model_config
+from train.stages.common import RECIPE, load_parts, save_parts, stage_model_config
 
 logger = logging.getLogger(__name__)
 
@@ -298,34 +297,13 @@ def train_qa(model: ReviosaModel, cfg: QAConfig, log=logger.info) -> list[dict]:
 
 def save_mllm(model: ReviosaModel, folder: Path, dtype: torch.dtype | None = None) -> None:
     """``mllm.*`` tensors and the tokenizer: what ``load_mllm`` (model.mllm_init) reads."""
-    state = {
-        f"mllm.{k}": (v.to(dtype) if dtype and v.is_floating_point() else v).contiguous()
-        for k, v in model.mllm.state_dict().items()
-    }
-    save_file(state, str(folder / MLLM))
+    save_parts({"mllm": model.mllm}, folder / MLLM, dtype)
     model.tokenizer.save_pretrained(str(folder / TOKENIZER))
 
 
 def load_mllm(model: ReviosaModel, path: str | Path) -> None:
     """Load ``mllm.safetensors`` strictly (every tensor, same shapes) in the model's dtype."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"no stage-1 weights at {path} (write them with python -m train.stages.vl_pretrain)"
-        )
-    tensors = load_file(str(path))
-    stray = [k for k in tensors if not k.startswith("mllm.")]
-    if stray:
-        raise ValueError(f"{path} holds tensors outside the MLLM: {stray[:3]}")
-    state = {
-        k.removeprefix("mllm."): v.to(model.dtype) if v.is_floating_point() else v for k, v in tensors.items()
-    }
-    try:
-        model.mllm.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise ValueError(
-            f"{path} does not fit this model's MLLM (pretrain it with the same recipe): {err}"
-        ) from err
+    load_parts({"mllm": model.mllm}, path, "MLLM", "train.stages.vl_pretrain")
 
 
 def build(recipe: str, model_sets: list[str], tokenizer=None, seed: int = 0) -> ReviosaModel:
