@@ -223,7 +223,7 @@ class Trainer:
         if d.root is None:
             root = self.run_dir / "data"
             if self.dist.main:
-                _ensure_synth(root, d.synth, with_val=self.cfg.eval.clips > 0)
+                ensure_synth(root, d.synth, with_val=self.cfg.eval.clips > 0)
             _barrier(self.dist)
             train = InterRVOSDataset(root, "train")
             val = InterRVOSDataset(root, "val") if (root / "val").is_dir() else None
@@ -541,7 +541,7 @@ def _corpus(dataset: InterRVOSDataset | Splits) -> list[str]:
     return sorted(set(expression_corpus()) | {s.expression for s in dataset.samples()})
 
 
-def _ensure_synth(root: Path, synth, with_val: bool) -> None:
+def ensure_synth(root: Path, synth, with_val: bool) -> None:
     from reviosa.data.synth import generate_split
 
     frames = tuple(synth.frames)

@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     t0 = time.perf_counter()
     stage3, out = Path(args.stage3), Path(args.out)
-    finetune.ensure_data(finetune.stage_config(args.recipe, []), stage3 / "data")
+    finetune.ensure_data(args.recipe, stage3)
     layer, heads = stage4.pick_heads(stage3, Path(args.stage4), samples=200)
     test = out / f"test_seed{args.test_seed}"
     if not (test / "test").is_dir():

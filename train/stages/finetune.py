@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from train.config import TrainConfig, load_config
-from train.loop import LOG_NAME, Trainer, export_run
+from train.loop import LOG_NAME, Trainer, ensure_synth, export_run
 
 # The paper freezes the InternViT and the SAM2 image encoder; ours also keeps the projector and
 # SAM2's memory modules as stages 1-2 left them (a loop that decodes frames one by one never
@@ -54,10 +54,8 @@ def step_seconds(out: Path) -> float:
     return float(sum(r.get("time_s", 0.0) for r in _records(out) if "eval" not in r))
 
 
-def ensure_data(cfg: TrainConfig, root: Path) -> None:
-    """Render the recipe's synthetic train and val splits into ``root`` unless they are there: a
-    fresh clone has stage 3's model but not its data (deterministic from the recipe's seed, so
-    the clips are the ones stage 3 trained on)."""
-    from train.loop import _ensure_synth
-
-    _ensure_synth(root, cfg.data.synth, with_val=True)
+def ensure_data(recipe: str, stage3: Path) -> None:
+    """Render the recipe's synthetic train and val splits into ``stage3/data`` unless they are
+    there: a fresh clone has stage 3's model but not its data (deterministic from the recipe's
+    seed, so the clips are the ones stage 3 trained on)."""
+    ensure_synth(stage3 / "data", stage_config(recipe, []).data.synth, with_val=True)

@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     stage3, out = Path(args.stage3), Path(args.out)
-    finetune.ensure_data(finetune.stage_config(args.recipe, []), stage3 / "data")
+    finetune.ensure_data(args.recipe, stage3)
     layer, heads = pick_heads(stage3, out, args.samples)
     logger.info("AML on layer %d, heads %s (selected on stage 3)", layer, heads)
     cfg = finetune.stage_config(args.recipe, [*sets(stage3, layer, heads, args.steps), *args.set])

@@ -42,7 +42,7 @@ from reviosa.hooks import this_thread_only
 from train import report
 from train.losses import dice, sigmoid_ce
 from train.stages.clips import Backgrounds, Clip, full_area, random_clip
-from train.stages.common import load_parts, save_parts, stage_model_config
+from train.stages.common import RECIPE, load_parts, save_parts, stage_model_config
 
 logger = logging.getLogger(__name__)
 
@@ -434,9 +434,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m train.stages.sam_pretrain", description=__doc__.split("\n")[0]
     )
-    parser.add_argument(
-        "--recipe", default="train/recipes/stages.yaml", help="the stages' recipe (model geometry)"
-    )
+    parser.add_argument("--recipe", default=RECIPE, help="the stages' recipe (model geometry)")
     parser.add_argument("--out", required=True, help="folder for sam.safetensors, state.pt, records.json")
     parser.add_argument("--resume", action="store_true", help="continue from OUT's checkpoint")
     parser.add_argument("--report", default=str(report.REPORT_DIR), help="stages' report folder ('' : none)")
