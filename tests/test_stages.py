@@ -125,6 +125,37 @@ def test_prompts_land_where_they_should():
     assert pred[1, y1, x1] and masks[1, y1, x1] == 0
 
 
+def test_several_objects_of_a_clip_are_tracked_each_on_its_own(recipe):
+    from train.stages.clips import Backgrounds, full_area, random_clip
+    from train.stages.common import stage_model_config
+    from train.stages.sam_pretrain import build_stage_sam, clip_loss, draw_batch, draw_objects, single_mask
+
+    sam_cfg = stage_model_config(recipe).sam
+    rng = np.random.default_rng(3)
+    backgrounds = Backgrounds(rng, sam_cfg.image_size, count=4)
+    batch = draw_batch(rng, backgrounds, 3, 3, sam_cfg, 0.4, objects=3)
+    objects, frames = batch.shape
+    assert batch.pixels.shape[0] == 3 * frames and objects == len(batch.clip_of) >= 3
+    owners = batch.clip_of.tolist()
+    assert owners == sorted(owners) and set(owners) == {0, 1, 2}
+    for c in range(3):  # a clip's objects are different objects: their masks never overlap
+        rows = batch.masks[batch.clip_of == c]
+        assert rows.sum(0).max() <= 1 and (rows.flatten(1).sum(1) > 0).all()
+    # one object a clip draws what the first stage-2 run drew (its held-out clips stay the same)
+    clip = random_clip(np.random.default_rng(1), backgrounds, 2, max_objects=4)
+    seen = [k for k, look in enumerate(clip.looks) if clip.masks(k)[0].sum() >= 0.4 * full_area(look)]
+    assert len(seen) >= 2
+    assert draw_objects(np.random.default_rng(5), clip, 0.4) == [int(np.random.default_rng(5).choice(seen))]
+    # the later frames' own clicks add decoded frames to the loss, and their gradient reaches the decoder
+    sam = build_stage_sam(stage_model_config(recipe))
+    with single_mask(sam):
+        plain, _ = clip_loss(sam, batch, "click", 0, torch.Generator().manual_seed(0))
+        clicked, _ = clip_loss(sam, batch, "click", 0, torch.Generator().manual_seed(0), frame_clicks=True)
+    assert not torch.isclose(plain, clicked)
+    clicked.backward()
+    assert sam.sam_mask_decoder.mask_tokens.weight.grad.abs().sum() > 0
+
+
 # --- the stages' commands, end to end at tiny size -------------------------------------------------
 
 
@@ -141,6 +172,9 @@ def stage12(recipe, tmp_path_factory):
     sam_pretrain.main(
         ["--out", str(root / "s2"), "--steps", "3", "--val-clips", "3", "--frames", "3", *common]
     )
+    # the second phase, from the first's weights, with its own report section
+    sam_pretrain.main(["--out", str(root / "s2b"), "--init", str(root / "s2" / "sam.safetensors"), "--steps", "2",
+                       "--val-clips", "2", "--frames", "3", "--objects", "2", "--frame-clicks", *common])  # fmt: skip
     return root
 
 
@@ -230,7 +264,7 @@ def test_stages_3_to_5_run_from_the_stage_files_and_report(stage12, recipe, tmp_
     rep = stage12 / "report"
     tiny = ["--set", "eval.clips=1", "--set", "eval.at_end=true", "--set", "checkpoint.every=2"]
     s3 = tmp_path / "s3"
-    sa2va.main(["--stage1", str(stage12 / "s1"), "--stage2", str(stage12 / "s2"), "--out", str(s3),
+    sa2va.main(["--stage1", str(stage12 / "s1"), "--stage2", str(stage12 / "s2b"), "--out", str(s3),
                 "--recipe", recipe, "--steps", "2", "--report", str(rep), *tiny])  # fmt: skip
     saved = json.loads((s3 / "train_config.json").read_text())
     assert saved["data"]["two_tokens"] is False and saved["loss"]["aml"] == 0
@@ -267,7 +301,9 @@ def test_stages_3_to_5_run_from_the_stage_files_and_report(stage12, recipe, tmp_
     report = (rep / "report.md").read_text()
     for title in ("Stage 1", "Stage 2", "Stage 3", "Stage 4", "Stage 5"):
         assert title in report
-    assert report.index("Stage 1") < report.index("Stage 2") < report.index("Stage 5")
+    assert report.index("Stage 1") < report.index("Stage 2") < report.index("Stage 2, second phase")
+    assert report.index("Stage 2, second phase") < report.index("Stage 3") < report.index("Stage 5")
+    assert "up to 2 objects each, every frame also clicked" in report
     assert "Not run yet" not in report
     assert "State: tower done (3 steps); QA done (3 steps, 18 held-out questions)" in report
 
@@ -304,3 +340,38 @@ def test_ablation_summary_is_mean_and_spread_over_seeds():
     text = table(summary, 3)
     assert "| 14.0 ± 4.0 | 42.0 ± 2.0 |" in text
     assert "(ii) single_seg_aml | no | yes | - | - | - |" in text  # not run
+
+
+def test_sam_click_probe_tells_a_model_that_follows_its_click_from_one_that_does_not(recipe, monkeypatch):
+    from train.probes import sam_clicks
+    from train.stages.common import stage_model_config
+    from train.stages.sam_pretrain import build_stage_sam
+
+    config = stage_model_config(recipe)
+    frames = sam_clicks.held_out_frames(4, config.sam)
+    assert all(
+        len(f.masks) >= 2 and (f.masks.sum(0) <= 1).all() and (f.masks.any(0) <= f.every).all()
+        for f in frames
+    )
+    sam = build_stage_sam(config)
+
+    def oracle(answer):
+        """A decoder whose mask is ``answer(frame, click)``, found by where the click lands."""
+        current = iter(frames)
+
+        def decode(_sam, _features, clicks):
+            frame = next(current)
+            rows = []
+            for x, y in clicks[:, 0].long().tolist():
+                k = int(frame.masks[:, y, x].float().argmax())
+                rows.append(answer(frame, k))
+            return torch.stack(rows)
+
+        return decode
+
+    monkeypatch.setattr(sam_clicks, "decode_clicks", oracle(lambda frame, k: frame.masks[k]))
+    follows = sam_clicks.probe(sam, frames)
+    monkeypatch.setattr(sam_clicks, "decode_clicks", oracle(lambda frame, k: frame.every))
+    ignores = sam_clicks.probe(sam, frames)
+    assert follows["iou"] == 1.0 and follows["moved"] == 1.0 and follows["iou_every"] < 1.0
+    assert ignores["iou_every"] == 1.0 and ignores["moved"] == 0.0 and ignores["iou"] < follows["iou"]

@@ -5,7 +5,8 @@ and writes its section of ``results/stages/report.md`` (``train.report``).
 ``scripts/reproduce_builtin.sh`` runs them in order; each stage's folder is the next one's input.
 
 1. ``python -m train.stages.vl_pretrain``  vision tower + projector + LLM (the InternVL stand-in)
-2. ``python -m train.stages.sam_pretrain`` promptable SAM2 with its memory (the SAM2 stand-in)
+2. ``python -m train.stages.sam_pretrain`` promptable SAM2 with its memory (the SAM2 stand-in);
+   run twice: the second phase (``--init``) tracks several objects a clip and clicks every frame
 3. ``python -m train.stages.sa2va``        Sa2VA: one [SEG], stages 1 + 2, fine-tuned on RVOS
 4. ``python -m train.stages.reviosa``      ReVIOSa: [SEG_ACT] / [SEG_TAR] + AML, from stage 3
 5. ``python -m train.stages.ablation``     Table 4: four variants from stage 3, several seeds

@@ -2,6 +2,7 @@
 
 python -m train.stages.sam_pretrain --recipe train/recipes/stages.yaml --out runs/stage2
     [--steps 3000] [--lr 3e-4] [--batch 4] [--frames 4] [--corrections 1] [--resume]
+    [--init runs/stage2a/sam.safetensors] [--objects 3] [--frame-clicks]
 
 The recipe's micro SAM2 (image encoder, mask decoder, memory attention and encoder, object
 pointers) trains alone, without any language model, on freshly rendered short clips of the
@@ -11,6 +12,12 @@ correction clicks on the first frame's largest error (SAM2's interactive trainin
 logits go back in as its mask input), and every later frame is segmented through the memory of
 the frames before it. The loss is sigmoid CE x2 + Dice x0.5 on the low-res logits of every
 decoded frame plus the object-presence BCE (the terms the ReVIOSa loop uses).
+
+Trained so (one object a clip), the SAM2 falls into segmenting every object whatever the click:
+moving the click to another object changed 1.7 % of the mask (``train.probes.sam_clicks``). The
+second phase starts from those weights (``--init``) and breaks that: up to ``--objects`` objects of
+each clip are prompted and tracked, each on its own (one image, several answers, as SAM2 trains
+several masks an image), and ``--frame-clicks`` also decodes every later frame alone from a click.
 
 Gate (held-out clips drawn from another seed): from one click, mean IoU >= 0.9 on held-out frames;
 from a first-frame mask, J&F >= 90 over held-out clips tracked through the memory. It writes
@@ -62,13 +69,21 @@ class SamPretrainConfig:
     prompt_mix: tuple[float, float, float] = (0.5, 0.25, 0.25)  # click, box, mask
     corrections: int = 1  # correction clicks on the first frame (click and box prompts)
     min_visible: float = 0.4  # the prompted object shows this share of its area on frame 0
+    # Objects of a clip prompted and tracked, each on its own (SAM2 trains several masks an image):
+    # with one, every image has one answer and "segment every object" is a stable minimum that
+    # ignores the prompt (stage 2's first run: click IoU 0.46, masks on every shape).
+    objects: int = 1
+    # Every later frame also decoded alone from one click (no memory), as SAM2 prompts several
+    # frames of a training clip: frame 0's one click a step is the only click supervision otherwise.
+    frame_clicks: bool = False
     val_clips: int = 48
     val_frames: int = 8
     every: int = 250  # steps between validations and checkpoints
     seed: int = 0
 
 
-CLI_FIELDS = ("steps", "batch", "frames", "lr", "corrections", "val_clips", "every", "seed")
+CLI_FIELDS = ("steps", "batch", "frames", "lr", "corrections", "objects", "val_clips", "every", "seed")
+CLI_FLAGS = ("frame_clicks",)
 
 
 # --- data ------------------------------------------------------------------------------------------
@@ -76,34 +91,49 @@ CLI_FIELDS = ("steps", "batch", "frames", "lr", "corrections", "val_clips", "eve
 
 @dataclass
 class ClipBatch:
-    """pixels float (B*T, 3, S, S) clip-major; masks float (B, T, S, S) of each clip's object."""
+    """pixels float (C*T, 3, S, S) clip-major; masks float (N, T, S, S), one row per tracked object;
+    clip_of long (N,): the clip each object is in."""
 
     pixels: torch.Tensor
     masks: torch.Tensor
+    clip_of: torch.Tensor
 
     @property
     def shape(self) -> tuple[int, int]:
+        """(tracked objects N, frames T)."""
         return self.masks.shape[0], self.masks.shape[1]
 
 
-def draw_object(rng: np.random.Generator, clip: Clip, min_visible: float) -> int | None:
-    """An object well seen on the first frame (a click or box on a sliver says little), or None."""
+def draw_objects(rng: np.random.Generator, clip: Clip, min_visible: float, count: int = 1) -> list[int]:
+    """Up to ``count`` objects well seen on the first frame (a click or box on a sliver says little)."""
     seen = [k for k, look in enumerate(clip.looks) if clip.masks(k)[0].sum() >= min_visible * full_area(look)]
-    return int(rng.choice(seen)) if seen else None
+    if not seen:
+        return []
+    if count == 1:  # the draw of the first stage-2 run (and of the held-out clips), kept as it was
+        return [int(rng.choice(seen))]
+    return [int(k) for k in rng.permutation(seen)[:count]]
 
 
 def draw_batch(
-    rng: np.random.Generator, backgrounds: Backgrounds, count: int, frames: int, sam_cfg, min_visible: float
+    rng: np.random.Generator,
+    backgrounds: Backgrounds,
+    count: int,
+    frames: int,
+    sam_cfg,
+    min_visible: float,
+    objects: int = 1,
 ) -> ClipBatch:
-    pixels, masks = [], []
-    while len(masks) < count:
+    """``count`` clips, up to ``objects`` tracked objects of each."""
+    pixels, masks, clip_of = [], [], []
+    while len(pixels) < count:
         clip = random_clip(rng, backgrounds, frames)
-        k = draw_object(rng, clip, min_visible)
-        if k is None:
+        picked = draw_objects(rng, clip, min_visible, objects)
+        if not picked:
             continue
+        clip_of += [len(pixels)] * len(picked)
         pixels.append(sam_ops.preprocess(torch.from_numpy(clip.frames), sam_cfg))
-        masks.append(torch.from_numpy(clip.masks(k)).float())
-    return ClipBatch(torch.cat(pixels), torch.stack(masks))
+        masks += [torch.from_numpy(clip.masks(k)).float() for k in picked]
+    return ClipBatch(torch.cat(pixels), torch.stack(masks), torch.tensor(clip_of))
 
 
 # --- prompts ---------------------------------------------------------------------------------------
@@ -150,9 +180,12 @@ def correction_click(
 # --- SAM2 through its own track_step ------------------------------------------------------------
 
 
-def frame_features(features: sam_ops.FrameFeatures, clips: int, frames: int, t: int) -> sam_ops.FrameFeatures:
-    """Frame t of every clip from features of (B*T) clip-major images."""
-    idx = torch.arange(clips) * frames + t
+def frame_features(
+    features: sam_ops.FrameFeatures, clips: int | torch.Tensor, frames: int, t: int
+) -> sam_ops.FrameFeatures:
+    """Frame t of every clip from features of (C*T) clip-major images; ``clips``: their number C,
+    or the clip of each tracked object, long (N,) (a clip's features repeat for its objects)."""
+    idx = (torch.arange(clips) if isinstance(clips, int) else clips) * frames + t
     return sam_ops.FrameFeatures(
         [f[:, idx] for f in features.vision_feats],
         [p[:, idx] for p in features.vision_pos],
@@ -212,13 +245,19 @@ def frame_loss(logits: torch.Tensor, object_logits: torch.Tensor, masks: torch.T
 
 
 def clip_loss(
-    sam: nn.Module, batch: ClipBatch, prompt: str, corrections: int, gen: torch.Generator
+    sam: nn.Module,
+    batch: ClipBatch,
+    prompt: str,
+    corrections: int,
+    gen: torch.Generator,
+    frame_clicks: bool = False,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Prompt frame 0, track the rest through the memory; the mean of every decoded frame's loss."""
+    """Prompt frame 0, track the rest through the memory (and with ``frame_clicks`` decode each later
+    frame alone from one click too); the mean of every decoded frame's loss."""
     clips, frames = batch.shape
     feats = sam_ops.encode_images(sam, batch.pixels)
     out_dict: dict = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
-    first = frame_features(feats, clips, frames, 0)
+    first = frame_features(feats, batch.clip_of, frames, 0)
     terms: list[torch.Tensor] = []
     with raw_logits(sam) as calls:
         if prompt == "mask":
@@ -240,11 +279,30 @@ def clip_loss(
                     prev = out["pred_masks"].detach()
         out_dict["cond_frame_outputs"][0] = out
         for t in range(1, frames):
-            out = step_frame(sam, frame_features(feats, clips, frames, t), t, frames, out_dict)
+            out = step_frame(sam, frame_features(feats, batch.clip_of, frames, t), t, frames, out_dict)
             out_dict["non_cond_frame_outputs"][t] = out
             terms.append(frame_loss(*calls[-1], batch.masks[:, t]))
+        if frame_clicks and frames > 1:
+            terms.append(later_clicks_loss(sam, feats, batch, calls, gen))
     loss = torch.stack(terms).mean()
     return loss, {"loss": float(loss.detach())}
+
+
+def later_clicks_loss(sam, feats, batch: ClipBatch, calls: list, gen: torch.Generator) -> torch.Tensor:
+    """Frames 1..T-1 of every tracked object decoded at once, each from one click of its own inside
+    the object and without memory; frames where it does not show are left out."""
+    objects, frames = batch.shape
+    idx = (batch.clip_of[:, None] * frames + torch.arange(1, frames)).reshape(-1)
+    alone = sam_ops.FrameFeatures(
+        [f[:, idx] for f in feats.vision_feats], [p[:, idx] for p in feats.vision_pos], feats.feat_sizes
+    )
+    masks = batch.masks[:, 1:].reshape(-1, *batch.masks.shape[-2:])
+    points = (click_inside(masks, gen), torch.ones(len(masks), 1, dtype=torch.long))
+    step_frame(sam, alone, 0, 1, {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}, points=points,
+               memory=False)  # fmt: skip
+    shows = masks.flatten(1).sum(1) > 0
+    logits, object_logits = calls[-1]
+    return frame_loss(logits[shows], object_logits[shows], masks[shows])
 
 
 @contextlib.contextmanager
@@ -353,10 +411,10 @@ def pretrain(
     log=logger.info,
     stop_after: int | None = None,
 ) -> list[dict]:
-    """Train ``sam`` in place (until ``stop_after`` when given); validations every ``cfg.every``
-    steps (and at the end) are returned and written to OUT/records.json beside a checkpoint
-    (weights + optimizer + step). Every random draw is seeded by the step, so a resumed run
-    trains exactly as an unbroken one."""
+    """Train ``sam`` in place (until ``stop_after`` when given) from the weights it has (fresh, or
+    an earlier run's loaded by the caller); validations every ``cfg.every`` steps (and at the end)
+    are returned and written to OUT/records.json beside a checkpoint (weights + optimizer + step).
+    Every random draw is seeded by the step, so a resumed run trains exactly as an unbroken one."""
     sam_cfg = _sam_cfg_of(sam)
     opt = torch.optim.AdamW(sam.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, cfg))
@@ -379,8 +437,8 @@ def pretrain(
             torch.manual_seed(int(rng.integers(2**31)))  # dropout in the memory attention
             gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
             prompt = PROMPTS[int(rng.choice(3, p=np.asarray(cfg.prompt_mix) / sum(cfg.prompt_mix)))]
-            batch = draw_batch(rng, backgrounds, cfg.batch, cfg.frames, sam_cfg, cfg.min_visible)
-            loss, _ = clip_loss(sam, batch, prompt, cfg.corrections, gen)
+            batch = draw_batch(rng, backgrounds, cfg.batch, cfg.frames, sam_cfg, cfg.min_visible, cfg.objects)
+            loss, _ = clip_loss(sam, batch, prompt, cfg.corrections, gen, cfg.frame_clicks)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(sam.parameters(), 1.0)
@@ -437,6 +495,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--recipe", default=RECIPE, help="the stages' recipe (model geometry)")
     parser.add_argument("--out", required=True, help="folder for sam.safetensors, state.pt, records.json")
     parser.add_argument("--resume", action="store_true", help="continue from OUT's checkpoint")
+    parser.add_argument("--init", default="", help="start from this sam.safetensors (an earlier stage-2 run)")
     parser.add_argument("--report", default=str(report.REPORT_DIR), help="stages' report folder ('' : none)")
     parser.add_argument(
         "--model",
@@ -449,20 +508,29 @@ def main(argv: list[str] | None = None) -> None:
     for name in CLI_FIELDS:
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(getattr(defaults, name)),
                             default=getattr(defaults, name))  # fmt: skip
+    for name in CLI_FLAGS:
+        parser.add_argument(f"--{name.replace('_', '-')}", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    cfg = SamPretrainConfig(**{k: getattr(args, k) for k in CLI_FIELDS})
+    cfg = SamPretrainConfig(**{k: getattr(args, k) for k in (*CLI_FIELDS, *CLI_FLAGS)})
     config = stage_model_config(args.recipe, args.model)
     sam = build_stage_sam(config, cfg.seed)
+    if args.init:
+        load_sam(sam, args.init)
     out = Path(args.out)
     t0 = time.perf_counter()
     records = pretrain(sam, cfg, out, resume=args.resume)
     figures = {k: v for k, v in records[-1].items() if k in ("click_iou", "j", "f", "jf", "loss")}
     if args.report:
         command = "python -m train.stages.sam_pretrain " + shlex.join(sys.argv[1:] if argv is None else argv)
-        notes = (f"{cfg.steps} steps of {cfg.batch} clips x {cfg.frames} frames; SAM2 input "
-                 f"{config.sam.image_size} px; weights in `{out / WEIGHTS}`.")  # fmt: skip
-        report.write_section("sam_pretrain", "Stage 2: promptable SAM2 pretraining", command,
+        notes = (f"{cfg.steps} steps of {cfg.batch} clips x {cfg.frames} frames, up to {cfg.objects} "
+                 f"objects each{', every frame also clicked' if cfg.frame_clicks else ''}; SAM2 input "
+                 f"{config.sam.image_size} px{f'; from `{args.init}`' if args.init else ''}; weights in "
+                 f"`{out / WEIGHTS}`.")  # fmt: skip
+        # A run from an earlier one's weights is stage 2's second phase, with its own section.
+        section, title = (("sam_pretrain_objects", "Stage 2, second phase: several objects, every frame clicked")
+                          if args.init else ("sam_pretrain", "Stage 2: promptable SAM2 pretraining"))  # fmt: skip
+        report.write_section(section, title, command,
                              records[-1]["seconds"] if records else time.perf_counter() - t0,
                              gates(figures), figures, notes, Path(args.report))  # fmt: skip
         report.assemble(Path(args.report))
