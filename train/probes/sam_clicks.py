@@ -25,7 +25,14 @@ from reviosa import sam as sam_ops
 from reviosa.evaluation import iou
 from train.stages.clips import Backgrounds, full_area, random_clip
 from train.stages.common import RECIPE, stage_model_config
-from train.stages.sam_pretrain import build_stage_sam, click_inside, load_sam, single_mask, step_frame
+from train.stages.sam_pretrain import (
+    build_stage_sam,
+    click_inside,
+    load_sam,
+    select_images,
+    single_mask,
+    step_frame,
+)
 
 
 @dataclass
@@ -60,11 +67,7 @@ def held_out_frames(count: int, sam_cfg, seed: int = 0, min_visible: float = 0.5
 def decode_clicks(sam, features: sam_ops.FrameFeatures, clicks: torch.Tensor) -> torch.Tensor:
     """One frame's features, repeated for each click: clicks float (K, 1, 2) -> masks bool (K, S, S)."""
     k = clicks.shape[0]
-    repeated = sam_ops.FrameFeatures(
-        [f.expand(-1, k, -1) for f in features.vision_feats],
-        [p.expand(-1, k, -1) for p in features.vision_pos],
-        features.feat_sizes,
-    )
+    repeated = select_images(features, torch.zeros(k, dtype=torch.long))
     labels = torch.ones(k, 1, dtype=torch.long)
     out = step_frame(sam, repeated, 0, 1, {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}},
                      points=(clicks, labels), memory=False)  # fmt: skip

@@ -180,17 +180,21 @@ def correction_click(
 # --- SAM2 through its own track_step ------------------------------------------------------------
 
 
-def frame_features(
-    features: sam_ops.FrameFeatures, clips: int | torch.Tensor, frames: int, t: int
-) -> sam_ops.FrameFeatures:
-    """Frame t of every clip from features of (C*T) clip-major images; ``clips``: their number C,
-    or the clip of each tracked object, long (N,) (a clip's features repeat for its objects)."""
-    idx = (torch.arange(clips) if isinstance(clips, int) else clips) * frames + t
+def select_images(features: sam_ops.FrameFeatures, idx: torch.Tensor) -> sam_ops.FrameFeatures:
+    """The features of images ``idx`` (long (N,), repeats allowed) of a batch of encoded images."""
     return sam_ops.FrameFeatures(
         [f[:, idx] for f in features.vision_feats],
         [p[:, idx] for p in features.vision_pos],
         features.feat_sizes,
     )
+
+
+def frame_features(
+    features: sam_ops.FrameFeatures, clips: int | torch.Tensor, frames: int, t: int
+) -> sam_ops.FrameFeatures:
+    """Frame t of every clip from features of (C*T) clip-major images; ``clips``: their number C,
+    or the clip of each tracked object, long (N,) (a clip's features repeat for its objects)."""
+    return select_images(features, (torch.arange(clips) if isinstance(clips, int) else clips) * frames + t)
 
 
 @contextlib.contextmanager
@@ -293,9 +297,7 @@ def later_clicks_loss(sam, feats, batch: ClipBatch, calls: list, gen: torch.Gene
     the object and without memory; frames where it does not show are left out."""
     objects, frames = batch.shape
     idx = (batch.clip_of[:, None] * frames + torch.arange(1, frames)).reshape(-1)
-    alone = sam_ops.FrameFeatures(
-        [f[:, idx] for f in feats.vision_feats], [p[:, idx] for p in feats.vision_pos], feats.feat_sizes
-    )
+    alone = select_images(feats, idx)
     masks = batch.masks[:, 1:].reshape(-1, *batch.masks.shape[-2:])
     points = (click_inside(masks, gen), torch.ones(len(masks), 1, dtype=torch.long))
     step_frame(sam, alone, 0, 1, {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}, points=points,
