@@ -732,17 +732,12 @@ class ReviosaModel(nn.Module):
         feats: from ``encode_frames``; masks: float (B, R, F, h, w) with h, w multiples of the
         feature grid. Returns prompts (B, R, C) and valid bool (B, R) (False: empty masks, zeros).
         """
-        b, r, f = masks.shape[:3]
+        b, f = masks.shape[0], masks.shape[2]
         gy, gx = feats.feat_sizes[-1]
         top = feats.vision_feats[-1]  # (gy*gx, N*F, C), SAM2's sequence-first layout
         frames = self._frame_slots(b, f, clip_index, top.device)  # (B, F)
         per_frame = top.index_select(1, frames.reshape(-1)).reshape(gy * gx, b, f, -1)
-        cover = F.adaptive_avg_pool2d(masks.flatten(0, 2).float(), (gy, gx)).reshape(b, r, f, gy * gx)
-        area = cover.sum((2, 3))  # (B, R)
-        summed = torch.einsum("brfn,nbfc->brc", cover.to(per_frame.dtype), per_frame)
-        valid = area > 0
-        prompts = summed / area.clamp_min(1e-6).unsqueeze(-1).to(summed.dtype)
-        return prompts * valid.unsqueeze(-1).to(prompts.dtype), valid
+        return sam_ops.pooled_under_masks(per_frame, masks, (gy, gx))
 
 
 def _first_index(input_ids: torch.Tensor, token: int) -> torch.Tensor:

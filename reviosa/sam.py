@@ -113,6 +113,27 @@ def encode_images(sam: nn.Module, images: torch.Tensor) -> FrameFeatures:
     return FrameFeatures(feats, pos, sizes)
 
 
+def pooled_under_masks(
+    per_frame: torch.Tensor, masks: torch.Tensor, grid: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each object's features averaged over its masks on all its frames, weighted by the mask's
+    cover of each feature cell: the example prompts that teach SAM2's decoder (and the role
+    prompts) to select an object by what it looks like.
+
+    per_frame: (gy*gx, B, F, C) top-level features of each row's F frames (SAM2's sequence-first
+    layout); masks: float (B, R, F, h, w), h and w multiples of the grid (gy, gx). Returns prompts
+    (B, R, C) and valid bool (B, R) (False: empty masks, zero prompts).
+    """
+    b, r, f = masks.shape[:3]
+    gy, gx = grid
+    cover = F.adaptive_avg_pool2d(masks.flatten(0, 2).float(), (gy, gx)).reshape(b, r, f, gy * gx)
+    area = cover.sum((2, 3))  # (B, R)
+    summed = torch.einsum("brfn,nbfc->brc", cover.to(per_frame.dtype), per_frame)
+    valid = area > 0
+    prompts = summed / area.clamp_min(1e-6).unsqueeze(-1).to(summed.dtype)
+    return prompts * valid.unsqueeze(-1).to(prompts.dtype), valid
+
+
 def decode_prompted(
     sam: nn.Module,
     features: FrameFeatures,

@@ -156,6 +156,61 @@ def test_several_objects_of_a_clip_are_tracked_each_on_its_own(recipe):
     assert sam.sam_mask_decoder.mask_tokens.weight.grad.abs().sum() > 0
 
 
+def test_world_clips_are_what_the_datasets_show(recipe, tmp_path):
+    from reviosa.data.interrvos import InterRVOSDataset, write_dataset
+    from reviosa.data.synth import make_clip
+    from train.stages.common import stage_model_config
+    from train.stages.sam_pretrain import draw_world_batch, jpeg_round_trip
+
+    sam_cfg = stage_model_config(recipe).sam
+    batch = draw_world_batch(np.random.default_rng(0), 0, 3, 4, sam_cfg, 0.4, objects=3)
+    objects, frames = batch.shape
+    assert frames == 4 and batch.pixels.shape == (3 * 4, 3, sam_cfg.image_size, sam_cfg.image_size)
+    assert batch.masks.shape[-2:] == (sam_cfg.image_size,) * 2 and set(batch.clip_of.tolist()) == {0, 1, 2}
+    for c in range(3):  # different objects of one clip, each on frame 0
+        rows = batch.masks[batch.clip_of == c]
+        assert rows.sum(0).max() <= 1 and (rows[:, 0].flatten(1).sum(1) > 0).all()
+    # a frame as a dataset written by `synth` reads it back, JPEG artefacts and all
+    record = make_clip(7, "train", 0)[0]
+    write_dataset(tmp_path / "train", [record])
+    stored = next(InterRVOSDataset(tmp_path / "train").samples()).load_frames([0])[0]
+    back = jpeg_round_trip(record.frames[0])
+    assert np.array_equal(back, stored) and not np.array_equal(back, record.frames[0])
+    # the held-out world clips are the validation split's, never the training stream's
+    val = draw_world_batch(np.random.default_rng(0), 0, 1, 4, sam_cfg, 0.4, split="val", seed=0)
+    assert not torch.equal(val.pixels, batch.pixels[:4])
+
+
+def test_example_prompts_are_features_pooled_under_the_mask(recipe):
+    from reviosa import sam as sam_ops
+    from train.stages.clips import Backgrounds
+    from train.stages.common import stage_model_config
+    from train.stages.sam_pretrain import build_stage_sam, clip_loss, draw_batch, single_mask
+
+    # two cells of a 2x2 grid in one frame, features 1 and 3: a mask covering both halves of them
+    per_frame = torch.tensor([1.0, 3.0, 100.0, 100.0]).reshape(4, 1, 1, 1)  # (gy*gx, B, F, C)
+    masks = torch.zeros(1, 1, 1, 4, 4)
+    masks[..., :2, :2] = 1  # cell 0 whole
+    masks[..., 0:2, 2] = 1  # half of cell 1 (a 2x2 cell is 2x2 pixels)
+    prompts, valid = sam_ops.pooled_under_masks(per_frame, masks, (2, 2))
+    torch.testing.assert_close(prompts[0, 0, 0], torch.tensor((1.0 * 1 + 3.0 * 0.5) / 1.5))
+    empty, none = sam_ops.pooled_under_masks(per_frame, torch.zeros_like(masks), (2, 2))
+    assert valid.all() and not none.any() and torch.equal(empty, torch.zeros_like(empty))
+    # the example decoding adds to the loss and trains the decoder to read the extra token
+    config = stage_model_config(recipe)
+    rng = np.random.default_rng(3)
+    batch = draw_batch(
+        rng, Backgrounds(rng, config.sam.image_size, count=4), 2, 3, config.sam, 0.4, objects=2
+    )
+    sam = build_stage_sam(config)
+    with single_mask(sam):
+        plain, _ = clip_loss(sam, batch, "click", 0, torch.Generator().manual_seed(0))
+        both, info = clip_loss(sam, batch, "click", 0, torch.Generator().manual_seed(0), examples=True)
+    assert not torch.isclose(plain, both) and info["example"] > 0
+    both.backward()
+    assert sam.sam_mask_decoder.transformer.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
+
+
 # --- the stages' commands, end to end at tiny size -------------------------------------------------
 
 
@@ -175,6 +230,10 @@ def stage12(recipe, tmp_path_factory):
     # the second phase, from the first's weights, with its own report section
     sam_pretrain.main(["--out", str(root / "s2b"), "--init", str(root / "s2" / "sam.safetensors"), "--steps", "2",
                        "--val-clips", "2", "--frames", "3", "--objects", "2", "--frame-clicks", *common])  # fmt: skip
+    # the third phase: the RVOS world's frames and example prompts, from the second's weights
+    sam_pretrain.main(["--out", str(root / "s2c"), "--init", str(root / "s2b" / "sam.safetensors"), "--steps", "2",
+                       "--val-clips", "2", "--frames", "3", "--objects", "2", "--world", "--examples",
+                       *common])  # fmt: skip
     return root
 
 
@@ -302,8 +361,12 @@ def test_stages_3_to_5_run_from_the_stage_files_and_report(stage12, recipe, tmp_
     for title in ("Stage 1", "Stage 2", "Stage 3", "Stage 4", "Stage 5"):
         assert title in report
     assert report.index("Stage 1") < report.index("Stage 2") < report.index("Stage 2, second phase")
-    assert report.index("Stage 2, second phase") < report.index("Stage 3") < report.index("Stage 5")
+    assert (
+        report.index("Stage 2, second phase") < report.index("Stage 2, third phase") < report.index("Stage 3")
+    )
+    assert report.index("Stage 3") < report.index("Stage 5")
     assert "up to 2 objects each, every frame also clicked" in report
+    assert "world clips x 3 frames, up to 2 objects each, every frame also from its example prompt" in report
     assert "Not run yet" not in report
     assert "State: tower done (3 steps); QA done (3 steps, 18 held-out questions)" in report
 

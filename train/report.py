@@ -17,9 +17,10 @@ from pathlib import Path
 
 REPORT_DIR = Path("results/stages")
 REPORT = "report.md"
-# Section files in pipeline order (train.stages.STAGES names them; stage 2's second phase, a
-# sam_pretrain run from the first's weights, writes its own section).
-ORDER = ("vl_pretrain", "sam_pretrain", "sam_pretrain_objects", "sa2va", "reviosa", "ablation")
+# Section files in pipeline order (train.stages.STAGES names them; stage 2's second and third
+# phases, sam_pretrain runs from an earlier phase's weights, write their own sections).
+STAGE2 = ("sam_pretrain", "sam_pretrain_objects", "sam_pretrain_world")
+ORDER = ("vl_pretrain", *STAGE2, "sa2va", "reviosa", "ablation")
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import logging
 import shlex
@@ -40,10 +41,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 from reviosa import sam as sam_ops
 from reviosa.config import ReviosaConfig
+from reviosa.data.synth import make_clip
 from reviosa.evaluation import f_measure, iou
 from reviosa.hooks import this_thread_only
 from train import report
@@ -76,6 +79,15 @@ class SamPretrainConfig:
     # Every later frame also decoded alone from one click (no memory), as SAM2 prompts several
     # frames of a training clip: frame 0's one click a step is the only click supervision otherwise.
     frame_clicks: bool = False
+    # Clips of the RVOS world itself (``reviosa.data.synth.make_clip``: rendered at its 128 px,
+    # stored as JPEG, upsampled to SAM2's input), the frames stages 3-5 and the test splits show;
+    # the stage-2b SAM2 drew 0.74 IoU from a click on its own renderer's frames and 0.56 on these.
+    world: bool = False
+    # Every frame of a tracked object also decoded alone from its example prompt (its own SAM2
+    # features pooled under its masks, appended as the one extra sparse token the role prompt
+    # takes later): a decoder trained on clicks only selects by where a prompt is, and stage 3's
+    # role prompt can only say what the object looks like.
+    examples: bool = False
     val_clips: int = 48
     val_frames: int = 8
     every: int = 250  # steps between validations and checkpoints
@@ -83,7 +95,8 @@ class SamPretrainConfig:
 
 
 CLI_FIELDS = ("steps", "batch", "frames", "lr", "corrections", "objects", "val_clips", "every", "seed")
-CLI_FLAGS = ("frame_clicks",)
+CLI_FLAGS = ("frame_clicks", "world", "examples")
+WORLD_SEED = 7  # the RVOS world's training clips here; test splits use seeds 1 and 2, stage 3 seed 0
 
 
 # --- data ------------------------------------------------------------------------------------------
@@ -134,6 +147,54 @@ def draw_batch(
         pixels.append(sam_ops.preprocess(torch.from_numpy(clip.frames), sam_cfg))
         masks += [torch.from_numpy(clip.masks(k)).float() for k in picked]
     return ClipBatch(torch.cat(pixels), torch.stack(masks), torch.tensor(clip_of))
+
+
+def world_clip(
+    rng: np.random.Generator, index: int, frames: int, split: str = "train", seed: int = WORLD_SEED
+):
+    """``frames`` frames of world clip ``index`` at a random stride, JPEG round-tripped as a dataset
+    stores them: uint8 (T, s, s, 3) and each object's masks bool (K, T, s, s) (s: the world's 128)."""
+    record, _ = make_clip(seed, split, index)
+    total = len(record.frames)
+    stride = int(rng.integers(1, max(1, (total - 1) // max(frames - 1, 1)) + 1)) if frames > 1 else 1
+    start = int(rng.integers(0, total - (frames - 1) * stride))
+    idx = start + stride * np.arange(frames)
+    pixels = np.stack([jpeg_round_trip(record.frames[i]) for i in idx])
+    return pixels, np.stack([track.masks[idx] for track in record.objects])
+
+
+def jpeg_round_trip(frame: np.ndarray, quality: int = 95) -> np.ndarray:
+    """uint8 (H, W, 3) as ``write_dataset`` stores it and a dataset reads it back."""
+    buf = io.BytesIO()
+    Image.fromarray(frame).save(buf, format="JPEG", quality=quality)
+    return np.asarray(Image.open(buf).convert("RGB"))
+
+
+def draw_world_batch(
+    rng: np.random.Generator, first_index: int, count: int, frames: int, sam_cfg, min_visible: float,
+    objects: int = 1, split: str = "train", seed: int = WORLD_SEED,
+) -> ClipBatch:  # fmt: skip
+    """``count`` world clips from clip ``first_index`` on (one index a draw, skipped when no object
+    shows well on the first frame: at least ``min_visible`` of its largest area in the clip)."""
+    pixels, masks, clip_of = [], [], []
+    index = first_index
+    while len(pixels) < count:
+        frames_u8, tracks = world_clip(rng, index, frames, split, seed)
+        index += 1
+        areas = tracks.reshape(len(tracks), frames, -1).sum(-1)  # (K, T)
+        seen = [
+            k for k in range(len(tracks)) if areas[k, 0] > 0 and areas[k, 0] >= min_visible * areas[k].max()
+        ]
+        if not seen:
+            continue
+        picked = (
+            [int(rng.choice(seen))] if objects == 1 else [int(k) for k in rng.permutation(seen)[:objects]]
+        )
+        clip_of += [len(pixels)] * len(picked)
+        pixels.append(sam_ops.preprocess(torch.from_numpy(frames_u8), sam_cfg))
+        up = torch.from_numpy(tracks[picked]).float()  # (k, T, s, s) -> SAM2's input size, nearest
+        masks.append(F.interpolate(up, size=(sam_cfg.image_size,) * 2, mode="nearest"))
+    return ClipBatch(torch.cat(pixels), torch.cat(masks), torch.tensor(clip_of))
 
 
 # --- prompts ---------------------------------------------------------------------------------------
@@ -255,9 +316,11 @@ def clip_loss(
     corrections: int,
     gen: torch.Generator,
     frame_clicks: bool = False,
+    examples: bool = False,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Prompt frame 0, track the rest through the memory (and with ``frame_clicks`` decode each later
-    frame alone from one click too); the mean of every decoded frame's loss."""
+    frame alone from one click too, with ``examples`` every frame alone from its example prompt);
+    the mean of every decoded frame's loss."""
     clips, frames = batch.shape
     feats = sam_ops.encode_images(sam, batch.pixels)
     out_dict: dict = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
@@ -288,8 +351,34 @@ def clip_loss(
             terms.append(frame_loss(*calls[-1], batch.masks[:, t]))
         if frame_clicks and frames > 1:
             terms.append(later_clicks_loss(sam, feats, batch, calls, gen))
+    info = {}
+    if examples:
+        terms.append(example_loss(sam, feats, batch))
+        info["example"] = float(terms[-1].detach())
     loss = torch.stack(terms).mean()
-    return loss, {"loss": float(loss.detach())}
+    return loss, {"loss": float(loss.detach()), **info}
+
+
+def example_decoding(sam, feats, batch: ClipBatch) -> dict[str, torch.Tensor]:
+    """Every frame of every tracked object decoded alone (no memory) from the object's example
+    prompt, detached as stage 3 gives it (the encoder learns from the decoding, not from shaping
+    its features to suit the prompt): ``decode_prompted``'s outputs for (N*T) images, object-major."""
+    objects, frames = batch.shape
+    idx = (batch.clip_of[:, None] * frames + torch.arange(frames)).reshape(-1)
+    alone = select_images(feats, idx)
+    gy, gx = feats.feat_sizes[-1]
+    per_frame = alone.vision_feats[-1].reshape(gy * gx, objects, frames, -1)
+    prompts, _ = sam_ops.pooled_under_masks(per_frame, batch.masks[:, None], (gy, gx))  # (N, 1, C)
+    prompt = prompts.detach().repeat_interleave(frames, 0)  # (N*T, 1, C)
+    return sam_ops.decode_prompted(sam, alone, prompt, overwrite=False)
+
+
+def example_loss(sam, feats, batch: ClipBatch) -> torch.Tensor:
+    """``frame_loss`` of ``example_decoding`` on every frame, the object's absent ones included (they
+    teach the presence score that the object is not there)."""
+    out = example_decoding(sam, feats, batch)
+    masks = batch.masks.reshape(-1, *batch.masks.shape[-2:])
+    return frame_loss(out["raw_masks"], out["object_score_logits"], masks)
 
 
 def later_clicks_loss(sam, feats, batch: ClipBatch, calls: list, gen: torch.Generator) -> torch.Tensor:
@@ -330,8 +419,13 @@ class HeldOut:
 def held_out(cfg: SamPretrainConfig, sam_cfg) -> HeldOut:
     """Validation clips from their own seed stream: no training draw can repeat them."""
     rng = np.random.default_rng([cfg.seed, 1])
-    backgrounds = Backgrounds(rng, sam_cfg.image_size, count=16)
-    batch = draw_batch(rng, backgrounds, cfg.val_clips, cfg.val_frames, sam_cfg, cfg.min_visible)
+    if cfg.world:  # the world's validation split of seed 0: stage 3's own validation clips
+        batch = draw_world_batch(
+            rng, 0, cfg.val_clips, cfg.val_frames, sam_cfg, cfg.min_visible, split="val", seed=0
+        )
+    else:
+        backgrounds = Backgrounds(rng, sam_cfg.image_size, count=16)
+        batch = draw_batch(rng, backgrounds, cfg.val_clips, cfg.val_frames, sam_cfg, cfg.min_visible)
     t = cfg.val_frames
     return HeldOut([(batch.pixels[c * t : (c + 1) * t], batch.masks[c]) for c in range(cfg.val_clips)])
 
@@ -340,11 +434,12 @@ def held_out(cfg: SamPretrainConfig, sam_cfg) -> HeldOut:
 def evaluate(sam: nn.Module, data: HeldOut, seed: int = 0, chunk: int = 8) -> dict[str, float]:
     """``click_iou``: mean IoU from one random click inside the object, on every held-out frame
     where it shows (no memory); ``jf`` / ``j`` / ``f`` (0-100): first-frame mask, then tracked
-    through the memory, scored on frames 1..T-1 (DAVIS leaves the given frame out)."""
+    through the memory, scored on frames 1..T-1 (DAVIS leaves the given frame out); ``example_iou``:
+    mean IoU of every frame where the object shows, decoded alone from its example prompt."""
     gen = torch.Generator().manual_seed(seed)
     was = sam.training
     sam.eval()
-    click_ious, js, fs = [], [], []
+    click_ious, js, fs, example_ious = [], [], [], []
     with single_mask(sam):
         for c0 in range(0, len(data.clips), chunk):
             part = data.clips[c0 : c0 + chunk]
@@ -352,6 +447,11 @@ def evaluate(sam: nn.Module, data: HeldOut, seed: int = 0, chunk: int = 8) -> di
             masks = torch.stack([m for _, m in part])  # (C, T, S, S)
             clips, frames = masks.shape[:2]
             feats = sam_ops.encode_images(sam, pixels)
+            example = example_decoding(sam, feats, ClipBatch(pixels, masks, torch.arange(clips)))
+            pred = (example["pred_masks_high_res"][:, 0] > 0).numpy()
+            gt = (masks.flatten(0, 1) > 0.5).numpy()
+            shows = gt.reshape(len(gt), -1).any(1)
+            example_ious += iou(gt[shows], pred[shows]).tolist()
             for t in range(frames):  # one click, each frame on its own
                 f_t = frame_features(feats, clips, frames, t)
                 points = (click_inside(masks[:, t], gen), torch.ones(clips, 1, dtype=torch.long))
@@ -373,7 +473,10 @@ def evaluate(sam: nn.Module, data: HeldOut, seed: int = 0, chunk: int = 8) -> di
                 fs += [f_measure(g, p) for g, p in zip(gt, pred, strict=True)]
     sam.train(was)
     j, f = 100 * float(np.mean(js)), 100 * float(np.mean(fs))
-    return {"click_iou": float(np.mean(click_ious)), "j": j, "f": f, "jf": (j + f) / 2}
+    return {
+        "click_iou": float(np.mean(click_ious)), "j": j, "f": f, "jf": (j + f) / 2,
+        "example_iou": float(np.mean(example_ious)),
+    }  # fmt: skip
 
 
 def gates(figures: dict[str, float]) -> list[report.Gate]:
@@ -412,11 +515,13 @@ def pretrain(
     resume: bool = False,
     log=logger.info,
     stop_after: int | None = None,
+    evaluate_first: bool = False,
 ) -> list[dict]:
     """Train ``sam`` in place (until ``stop_after`` when given) from the weights it has (fresh, or
     an earlier run's loaded by the caller); validations every ``cfg.every`` steps (and at the end)
     are returned and written to OUT/records.json beside a checkpoint (weights + optimizer + step).
-    Every random draw is seeded by the step, so a resumed run trains exactly as an unbroken one."""
+    Every random draw is seeded by the step, so a resumed run trains exactly as an unbroken one.
+    ``evaluate_first``: also validate the weights it starts from (step 0; a run from ``--init``)."""
     sam_cfg = _sam_cfg_of(sam)
     opt = torch.optim.AdamW(sam.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, cfg))
@@ -429,6 +534,9 @@ def pretrain(
         start, records = state["step"], json.loads((out / RECORDS).read_text())["records"]
         log(f"resumed at step {start}")
     val = held_out(cfg, sam_cfg)
+    if evaluate_first and not records:  # where a run from earlier weights starts, on its own held-out
+        records.append({"step": 0, **evaluate(sam, val, cfg.seed), "seconds": 0.0})
+        log(" ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in records[-1].items()))
     # Each step draws from its own seed, so a resumed run draws what an unbroken one would.
     backgrounds = Backgrounds(np.random.default_rng([cfg.seed, 2]), sam_cfg.image_size)
     sam.train()
@@ -439,8 +547,14 @@ def pretrain(
             torch.manual_seed(int(rng.integers(2**31)))  # dropout in the memory attention
             gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
             prompt = PROMPTS[int(rng.choice(3, p=np.asarray(cfg.prompt_mix) / sum(cfg.prompt_mix)))]
-            batch = draw_batch(rng, backgrounds, cfg.batch, cfg.frames, sam_cfg, cfg.min_visible, cfg.objects)
-            loss, _ = clip_loss(sam, batch, prompt, cfg.corrections, gen, cfg.frame_clicks)
+            if cfg.world:  # clip indices of their own per step (a retry takes the next index up)
+                batch = draw_world_batch(rng, step * cfg.batch * 4, cfg.batch, cfg.frames, sam_cfg,
+                                         cfg.min_visible, cfg.objects)  # fmt: skip
+            else:
+                batch = draw_batch(
+                    rng, backgrounds, cfg.batch, cfg.frames, sam_cfg, cfg.min_visible, cfg.objects
+                )
+            loss, _ = clip_loss(sam, batch, prompt, cfg.corrections, gen, cfg.frame_clicks, cfg.examples)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(sam.parameters(), 1.0)
@@ -521,17 +635,25 @@ def main(argv: list[str] | None = None) -> None:
         load_sam(sam, args.init)
     out = Path(args.out)
     t0 = time.perf_counter()
-    records = pretrain(sam, cfg, out, resume=args.resume)
-    figures = {k: v for k, v in records[-1].items() if k in ("click_iou", "j", "f", "jf", "loss")}
+    records = pretrain(sam, cfg, out, resume=args.resume, evaluate_first=bool(args.init))
+    figures = {
+        k: v for k, v in records[-1].items() if k in ("click_iou", "j", "f", "jf", "example_iou", "loss")
+    }
     if args.report:
         command = "python -m train.stages.sam_pretrain " + shlex.join(sys.argv[1:] if argv is None else argv)
-        notes = (f"{cfg.steps} steps of {cfg.batch} clips x {cfg.frames} frames, up to {cfg.objects} "
-                 f"objects each{', every frame also clicked' if cfg.frame_clicks else ''}; SAM2 input "
+        notes = (f"{cfg.steps} steps of {cfg.batch} {'world ' if cfg.world else ''}clips x {cfg.frames} "
+                 f"frames, up to {cfg.objects} objects each{', every frame also clicked' if cfg.frame_clicks else ''}"
+                 f"{', every frame also from its example prompt' if cfg.examples else ''}; SAM2 input "
                  f"{config.sam.image_size} px{f'; from `{args.init}`' if args.init else ''}; weights in "
                  f"`{out / WEIGHTS}`.")  # fmt: skip
         # A run from an earlier one's weights is stage 2's second phase, with its own section.
-        section, title = (("sam_pretrain_objects", "Stage 2, second phase: several objects, every frame clicked")
-                          if args.init else ("sam_pretrain", "Stage 2: promptable SAM2 pretraining"))  # fmt: skip
+        section, title = (
+            ("sam_pretrain_world", "Stage 2, third phase: the RVOS world's frames, example prompts")
+            if cfg.world or cfg.examples
+            else ("sam_pretrain_objects", "Stage 2, second phase: several objects, every frame clicked")
+            if args.init
+            else ("sam_pretrain", "Stage 2: promptable SAM2 pretraining")
+        )
         report.write_section(section, title, command,
                              records[-1]["seconds"] if records else time.perf_counter() - t0,
                              gates(figures), figures, notes, Path(args.report))  # fmt: skip
