@@ -3,6 +3,7 @@
 #   1 vl_pretrain  (vision tower + projector, then the LLM on questions)  -> checkpoints/stage1/
 #   2 sam_pretrain (promptable SAM2 with its memory)                       -> checkpoints/stage2/
 #     and its second phase from those weights (3 objects a clip, every frame clicked) -> stage2b/
+#     and its third (the RVOS world's frames, example prompts)                         -> stage2c/
 #   3 sa2va        (one [SEG], towers frozen, on RVOS)                     -> RUN/stage3/
 #   4 reviosa      ([SEG_ACT]/[SEG_TAR] + AML on heads picked on stage 3)  -> RUN/stage4/
 #   then predict --dataset + evaluate on fresh test splits of two seeds, and
@@ -26,6 +27,7 @@ PY=.venv/bin/python
 S1=checkpoints/stage1
 S2=checkpoints/stage2
 S2B=checkpoints/stage2b
+S2C=checkpoints/stage2c
 # Two threads when the machine is free (6 steps of stage 2 at 256 px: 11.6 s on two, 17.7 s on
 # one); give 1 when anything else runs beside it (FACTS.md: a contended second thread spins).
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
@@ -34,7 +36,9 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 [ -f "$S2/done" ] || { $PY -m train.stages.sam_pretrain --out "$S2" --steps 1500 --every 250 --val-clips 24 --resume && touch "$S2/done"; }
 [ -f "$S2B/done" ] || { $PY -m train.stages.sam_pretrain --out "$S2B" --init "$S2/sam.safetensors" --steps 800 \
   --every 200 --val-clips 24 --objects 3 --frame-clicks --resume && touch "$S2B/done"; }
-$PY -m train.stages.sa2va --stage1 "$S1" --stage2 "$S2B" --out "$RUN/stage3" --steps 500
+[ -f "$S2C/done" ] || { $PY -m train.stages.sam_pretrain --out "$S2C" --init "$S2B/sam.safetensors" --steps 400 \
+  --every 100 --val-clips 24 --objects 3 --frame-clicks --world --examples --resume && touch "$S2C/done"; }
+$PY -m train.stages.sa2va --stage1 "$S1" --stage2 "$S2C" --out "$RUN/stage3" --steps 500
 $PY -m train.stages.reviosa --stage3 "$RUN/stage3" --out "$RUN/stage4" --steps 300
 
 MODEL=$RUN/stage4/model

@@ -323,11 +323,24 @@ def test_stages_3_to_5_run_from_the_stage_files_and_report(stage12, recipe, tmp_
     rep = stage12 / "report"
     tiny = ["--set", "eval.clips=1", "--set", "eval.at_end=true", "--set", "checkpoint.every=2"]
     s3 = tmp_path / "s3"
-    sa2va.main(["--stage1", str(stage12 / "s1"), "--stage2", str(stage12 / "s2b"), "--out", str(s3),
+    sa2va.main(["--stage1", str(stage12 / "s1"), "--stage2", str(stage12 / "s2c"), "--out", str(s3),
                 "--recipe", recipe, "--steps", "2", "--report", str(rep), *tiny])  # fmt: skip
     saved = json.loads((s3 / "train_config.json").read_text())
     assert saved["data"]["two_tokens"] is False and saved["loss"]["aml"] == 0
     assert (s3 / "model" / "model.safetensors").is_file()
+    # what stage 3 trains: the projector, but neither the vision tower nor SAM2's image encoder
+    exported = load_file(str(s3 / "model" / "model.safetensors"))  # float16
+    given = {
+        **load_file(str(stage12 / "s1" / "mllm.safetensors")),
+        **load_file(str(stage12 / "s2c" / "sam.safetensors")),
+    }
+
+    def same(prefix: str) -> bool:
+        keys = [k for k in given if k.startswith(prefix) and given[k].is_floating_point()]
+        return bool(keys) and all(torch.equal(exported[k], given[k].half()) for k in keys)
+
+    assert same("mllm.model.vision_tower") and same("sam.image_encoder")
+    assert not same("mllm.model.multi_modal_projector")
     s4 = tmp_path / "s4"
     reviosa.main(["--stage3", str(s3), "--out", str(s4), "--recipe", recipe, "--steps", "2", "--samples", "2",
                   "--report", str(rep), *tiny])  # fmt: skip

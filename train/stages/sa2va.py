@@ -5,11 +5,13 @@ python -m train.stages.sa2va --stage1 runs/stage1 --stage2 runs/stage2 --out run
 
 The model is the recipe's, its MLLM loaded from stage 1 (``model.mllm_init``, with its tokenizer)
 and its SAM2 from stage 2 (``model.sam_init``). As in the paper, the vision tower and the SAM2
-image encoder stay frozen (and with them the projector and SAM2's memory modules); the language
-model, the prompt MLP and the mask decoder train, on every caption type of the synthetic world,
-with one role token: every answer is ``Sure, [SEG_ACT].`` (``data.two_tokens: false``), no AML.
-Losses: segmentation (CE x2 + Dice x0.5) + text + SAM2's presence term. The gate is written down,
-not a threshold: validation RVOS J&F through the inference path (memory propagation).
+image encoder stay frozen (and with them SAM2's memory modules); the language model, the
+projector (InternVL's MLP), the prompt MLP and the mask decoder train, on every caption type of
+the synthetic world, with one role token: every answer is ``Sure, [SEG_ACT].``
+(``data.two_tokens: false``), no AML. Losses: segmentation (CE x2 + Dice x0.5) + text + SAM2's
+presence term + the recipe's prompt terms (the words term among them trains the projector). The
+gate is written down, not a threshold: validation RVOS J&F through the inference path (memory
+propagation).
 """
 
 from __future__ import annotations
