@@ -370,6 +370,11 @@ def test_stages_3_to_5_run_from_the_stage_files_and_report(stage12, recipe, tmp_
     assert (s3 / "data" / "train" / "meta_expressions.json").is_file()
     assert not (s5 / "single_seg" / "seed1").exists()
     assert (s5 / "ablation.md").read_text() == table
+    # scores of another stage-3 model are never mixed into the table
+    (s5 / "stage3.sha256").write_text("0" * 64 + "\n")
+    with pytest.raises(SystemExit, match="another stage-3 model"):
+        ablation.main(["--stage3", str(s3), "--stage4", str(s4), "--out", str(s5), "--recipe", recipe, "--steps", "1",
+                       "--seeds", "1", "--test-clips", "1", "--report", ""])  # fmt: skip
     report = (rep / "report.md").read_text()
     for title in ("Stage 1", "Stage 2", "Stage 3", "Stage 4", "Stage 5"):
         assert title in report

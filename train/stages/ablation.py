@@ -7,13 +7,15 @@ python -m train.stages.ablation --stage3 runs/stage3 --stage4 runs/stage4 --out 
 Variants (``train.ablation_table.VARIANTS``): one ``[SEG]`` token, + AML, + two tokens, both
 (= stage 4's recipe). Each is stage 4's run with its switches and seed, AML on the heads stage 4
 selected (OUT/../stage4/heads), scored on one generated test split with ``predict --dataset`` +
-``evaluate``. Writes OUT/{variant}/seed{S}.json (scores), OUT/ablation.md (the table) and its
-section of the report. A gain smaller than the spread between seeds is no gain.
+``evaluate``. Writes OUT/{variant}/seed{S}.json (scores), OUT/stage3.sha256 (the stage-3 model
+they come from: scores of another one stop the run), OUT/ablation.md (the table) and its section
+of the report. A gain smaller than the spread between seeds is no gain.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import shlex
@@ -31,6 +33,26 @@ from train.stages import reviosa as stage4
 from train.stages.common import RECIPE
 
 BENCHES = ("actor", "target", "rvos")
+
+
+ORIGIN = "stage3.sha256"  # in OUT: which stage-3 model the scores there were trained from
+
+
+def check_origin(out: Path, stage3: Path) -> None:
+    """Refuse to go on from scores trained from another stage-3 model (a stage 3 trained again
+    leaves the committed scores of the old one in OUT); record the model's digest otherwise."""
+    digest = hashlib.sha256((stage3 / "model" / "model.safetensors").read_bytes()).hexdigest()
+    recorded = out / ORIGIN
+    scored = [path for path in out.glob("*/seed*.json") if path.stem[4:].isdigit()]
+    known = recorded.read_text().strip() if recorded.is_file() else None
+    if scored and known != digest:
+        why = "another stage-3 model" if known else "a stage-3 model it cannot tell (no stage3.sha256)"
+        raise SystemExit(
+            f"{out} holds {len(scored)} scores trained from {why}: move them away (or give a new --out) "
+            f"to run the ablation from {stage3}"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    recorded.write_text(digest + "\n")
 
 
 def variant_sets(two_tokens: bool, aml: bool, seed: int) -> list[str]:
@@ -97,6 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     t0 = time.perf_counter()
     stage3, out = Path(args.stage3), Path(args.out)
+    check_origin(out, stage3)
     finetune.ensure_data(args.recipe, stage3)
     layer, heads = stage4.pick_heads(stage3, Path(args.stage4), samples=200)
     test = out / f"test_seed{args.test_seed}"
