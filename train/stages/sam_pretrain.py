@@ -2,7 +2,7 @@
 
 python -m train.stages.sam_pretrain --recipe train/recipes/stages.yaml --out runs/stage2
     [--steps 3000] [--lr 3e-4] [--batch 4] [--frames 4] [--corrections 1] [--resume]
-    [--init runs/stage2a/sam.safetensors] [--objects 3] [--frame-clicks]
+    [--init runs/stage2a/sam.safetensors] [--objects 3] [--frame-clicks] [--world] [--examples]
 
 The recipe's micro SAM2 (image encoder, mask decoder, memory attention and encoder, object
 pointers) trains alone, without any language model, on freshly rendered short clips of the
@@ -18,6 +18,10 @@ moving the click to another object changed 1.7 % of the mask (``train.probes.sam
 second phase starts from those weights (``--init``) and breaks that: up to ``--objects`` objects of
 each clip are prompted and tracked, each on its own (one image, several answers, as SAM2 trains
 several masks an image), and ``--frame-clicks`` also decodes every later frame alone from a click.
+The third starts from the second's and readies SAM2 for the role prompt: ``--world`` trains on the
+RVOS world's own clips (the frames stages 3-5 and the test splits show, JPEG and all), and
+``--examples`` also decodes every frame from the object's example prompt, the one extra sparse
+token a role prompt will be, so that the decoder learns to select an object by its looks.
 
 Gate (held-out clips drawn from another seed): from one click, mean IoU >= 0.9 on held-out frames;
 from a first-frame mask, J&F >= 90 over held-out clips tracked through the memory. It writes
