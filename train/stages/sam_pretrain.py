@@ -124,6 +124,11 @@ class ClipBatch:
 def draw_objects(rng: np.random.Generator, clip: Clip, min_visible: float, count: int = 1) -> list[int]:
     """Up to ``count`` objects well seen on the first frame (a click or box on a sliver says little)."""
     seen = [k for k, look in enumerate(clip.looks) if clip.masks(k)[0].sum() >= min_visible * full_area(look)]
+    return pick(rng, seen, count)
+
+
+def pick(rng: np.random.Generator, seen: list[int], count: int) -> list[int]:
+    """Up to ``count`` of the objects ``seen``, drawn without repeats (none when none is seen)."""
     if not seen:
         return []
     if count == 1:  # the draw of the first stage-2 run (and of the held-out clips), kept as it was
@@ -189,11 +194,9 @@ def draw_world_batch(
         seen = [
             k for k in range(len(tracks)) if areas[k, 0] > 0 and areas[k, 0] >= min_visible * areas[k].max()
         ]
-        if not seen:
+        picked = pick(rng, seen, objects)
+        if not picked:
             continue
-        picked = (
-            [int(rng.choice(seen))] if objects == 1 else [int(k) for k in rng.permutation(seen)[:objects]]
-        )
         clip_of += [len(pixels)] * len(picked)
         pixels.append(sam_ops.preprocess(torch.from_numpy(frames_u8), sam_cfg))
         up = torch.from_numpy(tracks[picked]).float()  # (k, T, s, s) -> SAM2's input size, nearest
@@ -540,7 +543,7 @@ def pretrain(
     val = held_out(cfg, sam_cfg)
     if evaluate_first and not records:  # where a run from earlier weights starts, on its own held-out
         records.append({"step": 0, **evaluate(sam, val, cfg.seed), "seconds": 0.0})
-        log(" ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in records[-1].items()))
+        log(_line(records[-1]))
     # Each step draws from its own seed, so a resumed run draws what an unbroken one would.
     backgrounds = Backgrounds(np.random.default_rng([cfg.seed, 2]), sam_cfg.image_size)
     sam.train()
@@ -572,13 +575,14 @@ def pretrain(
                 t0 = time.perf_counter()
                 records.append(record)
                 losses = []
-                log(
-                    " ".join(
-                        f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()
-                    )
-                )
+                log(_line(record))
                 _checkpoint(sam, opt, sched, step, cfg, records, out)
     return records
+
+
+def _line(record: dict) -> str:
+    """A validation record as one log line."""
+    return " ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items())
 
 
 def _checkpoint(sam, opt, sched, step, cfg, records, out: Path) -> None:
