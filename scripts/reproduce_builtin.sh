@@ -38,7 +38,8 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
   --every 200 --val-clips 24 --objects 3 --frame-clicks --resume && touch "$S2B/done"; }
 [ -f "$S2C/done" ] || { $PY -m train.stages.sam_pretrain --out "$S2C" --init "$S2B/sam.safetensors" --steps 400 \
   --every 100 --val-clips 24 --objects 3 --frame-clicks --world --examples --resume && touch "$S2C/done"; }
-$PY -m train.stages.sa2va --stage1 "$S1" --stage2 "$S2C" --out "$RUN/stage3" --steps 500
+$PY -m train.stages.sa2va --stage1 "$S1" --stage2 "$S2C" --out "$RUN/stage3" --steps 1000 \
+  --set eval.every=250
 $PY -m train.stages.reviosa --stage3 "$RUN/stage3" --out "$RUN/stage4" --steps 300
 
 MODEL=$RUN/stage4/model
