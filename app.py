@@ -29,6 +29,7 @@ from studio.compare import build_compare_tab
 from studio.correct import build_fix_tab
 from studio.examples import EXAMPLES_DIR, ensure_synthetic, list_examples
 from studio.limits import Limits, add_limit_arguments, limits_from_args
+from studio.pictures import picture_file
 from studio.service import (
     KEYFRAME_STRATEGIES,
     MAX_KEYFRAMES,
@@ -192,7 +193,10 @@ class Studio:
             ValueError
         ) as err:  # a stale pick from an earlier run (API clients only: the page keeps picks valid)
             raise gr.Error(f"{err}. Pick another layer or head.", print_exception=False) from err
-        return pics.grid, pics.strip, pics.layer_chart, pics.head_chart, pics.note, pics.heading
+        if result is None:  # nothing to draw, only the note
+            return None, None, None, None, pics.note, pics.heading
+        images = (pics.grid, pics.strip, pics.layer_chart, pics.head_chart)
+        return (*(picture_file(image, result.out_dir) for image in images), pics.note, pics.heading)
 
     def head_score_controls(self, result, pick):
         choices = head_scores.keyframe_choices(result)
@@ -203,7 +207,8 @@ class Studio:
             panel = head_scores.head_scores_panel(result, role, keyframe)
         except ValueError as err:  # a stale keyframe pick (API clients only)
             raise gr.Error(f"{err}.", print_exception=False) from err
-        return panel.table, panel.heatmap, panel.files, panel.note
+        heatmap = None if result is None else picture_file(panel.heatmap, result.out_dir)
+        return panel.table, heatmap, panel.files, panel.note
 
 
 def _discard(previous) -> None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from studio.pictures import picture_file
 from studio.service import KEYFRAME_STRATEGIES, RunOptions, RunResult, UserError, run_request
 
 logger = logging.getLogger(__name__)
@@ -252,7 +253,8 @@ def build_compare_tab(studio, inputs: dict, gpu=lambda fn: fn) -> dict:
         for run in comparison.runs:
             grid_image, note = side_attention(run, role_name, layer_mode)
             table, score_note = side_scores(run, role_name)
-            out += [note if table is not None else f"{note} {score_note}", grid_image, table]
+            grid_file = picture_file(grid_image, run.out_dir)  # a file, not an array: see studio.pictures
+            out += [note if table is not None else f"{note} {score_note}", grid_file, table]
         return out
 
     def compare(previous, video, expression, model_a, keyframes_a, strategy_a, stride, max_frames, max_side,

@@ -23,6 +23,7 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 
+from studio.pictures import picture_file
 from studio.service import UserError, preview_scale
 
 logger = logging.getLogger(__name__)
@@ -265,6 +266,10 @@ def build_fix_tab(studio, run_state, gpu=lambda fn: fn) -> dict:
     (API clients, whose calls trigger no follow-up events).
     """
     session_state = gr.State(None, delete_callback=discard)
+
+    def shown(session, t):  # the picture as a file under the run's folder: see studio.pictures
+        return picture_file(frame_picture(session, t), session.result_dir)
+
     gr.Markdown(HELP)
     with gr.Row():
         role = gr.Radio(list(ROLES), value="actor", label="Role", elem_id="fix-role")
@@ -314,7 +319,7 @@ def build_fix_tab(studio, run_state, gpu=lambda fn: fn) -> dict:
             return [gr.skip()] * 5
         session = current(session, result)
         last = max(1, session.num_frames - 1)
-        return (session, frame_picture(session, 0),
+        return (session, shown(session, 0),
                 gr.Slider(0, last, value=0, step=1, interactive=True, visible=session.num_frames > 1), 0,
                 status_markdown(session))  # fmt: skip
 
@@ -325,7 +330,7 @@ def build_fix_tab(studio, run_state, gpu=lambda fn: fn) -> dict:
                                 lambda f: progress(f, desc="re-segmenting"))  # fmt: skip
         except (UserError, ValueError) as err:
             raise gr.Error(str(err), print_exception=False) from err
-        return session, frame_picture(session, t), status_markdown(session)
+        return session, shown(session, t), status_markdown(session)
 
     def select(session, result, t, role_name, kind, evt: gr.SelectData, progress=gr.Progress()):  # noqa: B008
         """The page's click: an error goes to the status line, the picture and clicks stay."""
@@ -342,14 +347,14 @@ def build_fix_tab(studio, run_state, gpu=lambda fn: fn) -> dict:
     def undo_cb(session, result, t, progress=gr.Progress()):  # noqa: B008
         session = current(session, result)
         session = undo(session, loaded_for(session), lambda f: progress(f, desc="re-segmenting"))
-        return session, frame_picture(session, t), status_markdown(session)
+        return session, shown(session, t), status_markdown(session)
 
     def reset_cb(session, result, t):
         session = reset(current(session, result))
-        return session, frame_picture(session, t), status_markdown(session)
+        return session, shown(session, t), status_markdown(session)
 
     def show(session, t):
-        return None if session is None else frame_picture(session, t)
+        return None if session is None else shown(session, t)
 
     def export_cb(session, result, kind):
         session = current(session, result)

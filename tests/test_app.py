@@ -8,6 +8,7 @@ The model is the tiny one of ``conftest.answering_model_dir`` (taught to answer 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import zipfile
@@ -19,6 +20,7 @@ import numpy as np
 import pytest
 import trial_inputs
 from conftest import encode_mp4
+from PIL import Image
 
 from studio.examples import EXAMPLES_DIR, LABEL_MAX, REAL, SYNTHETIC, ensure_synthetic, list_examples
 from studio.limits import Limits
@@ -204,10 +206,19 @@ def test_attention_tab_uses_the_rows_of_the_run(studio, clip):
         grid, strip, layer_chart, head_chart, note, heading = studio.draw_attention(
             state, role, "all", "all", 1
         )
-        assert grid.ndim == 3 and strip.ndim == 3 and layer_chart.ndim == 3 and head_chart.ndim == 3
+        pictures = [np.asarray(Image.open(p)) for p in (grid, strip, layer_chart, head_chart)]
+        assert all(p.ndim == 3 and p.dtype == np.uint8 for p in pictures)
+        # Files under the run's own folder, written once: a redraw hands back the same file untouched.
+        assert all(
+            Path(p).parent == state.out_dir / "pictures" for p in (grid, strip, layer_chart, head_chart)
+        )
+        again = studio.draw_attention(state, role, "all", "all", 1)
+        assert again[0] == grid and os.stat(grid).st_mtime_ns == os.stat(again[0]).st_mtime_ns
         assert role in note and "layers (rows) x heads (columns) on keyframe 1" in heading
     one, *_rest, heading = studio.draw_attention(state, "actor", "1", "all", 0)
-    assert one.shape[0] < grid.shape[0] and "layer 1 (one row) x heads (columns)" in heading
+    assert (
+        Image.open(one).height < Image.open(grid).height and "layer 1 (one row) x heads (columns)" in heading
+    )
     with pytest.raises(gr.Error, match="not captured"):
         studio.draw_attention(state, "actor", "7", "all", 0)
     assert studio.draw_attention(None, "actor", "all", "all", 0)[-2].startswith("Run a clip first")

@@ -159,7 +159,10 @@ def test_attention_grid_fits_and_the_layer_pick_survives_a_run(builtin_url, page
     page.locator("#layer-pick input").click()
     page.get_by_role("option", name="2", exact=True).click()
     page.locator("#grid-heading").get_by_text("layer 2 (one row)").wait_for()
-    page.wait_for_timeout(500)  # the new grid image loads
+    # The new grid has loaded (a fixed pause was too short on a busy CI machine).
+    page.wait_for_function(
+        "(i => i?.complete && i.naturalWidth > 0)(document.querySelector('#heatmap-grid img'))"
+    )
     page.screenshot(path=str(shots / "studio_attention_one_layer.png"), full_page=True)
     page.locator("#heatmap-grid").screenshot(path=str(shots / "studio_grid_one_layer.png"))
     # The whole grid is inside its panel (the trial saw H5 cut off at the right) and no toolbar covers it.
