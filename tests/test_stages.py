@@ -370,6 +370,7 @@ def test_stages_3_to_5_run_from_the_stage_files_and_report(stage12, recipe, tmp_
     assert (s3 / "data" / "train" / "meta_expressions.json").is_file()
     assert not (s5 / "single_seg" / "seed1").exists()
     assert (s5 / "ablation.md").read_text() == table
+    assert "the other 4 were scored earlier and read back" in (rep / "ablation.md").read_text()
     # scores of another stage-3 model are never mixed into the table
     (s5 / "stage3.sha256").write_text("0" * 64 + "\n")
     with pytest.raises(SystemExit, match="another stage-3 model"):
@@ -405,21 +406,25 @@ def test_stage1_report_from_a_tower_under_way(recipe, tmp_path):
 
 
 def test_ablation_summary_is_mean_and_spread_over_seeds():
-    from train.stages.ablation import summarise, table
+    from train.stages.ablation import report_figures, summarise, table
 
     def scores(actor, rvos, target=None):
         out = {"actor": {"JF": actor}, "rvos": {"JF": rvos}}
         return out | ({"target": {"JF": target}} if target is not None else {})
 
+    no_target = {"target": {"JF": 0.0, "count": 9}}  # evaluate scores a one-token variant's targets as empty
     summary = summarise({
-        "single_seg": [scores(20.0, 30.0), scores(24.0, 34.0)],
+        "single_seg": [scores(20.0, 30.0) | no_target, scores(24.0, 34.0) | no_target],
         "two_tokens_aml": [scores(30.0, 40.0, 10.0), scores(30.0, 42.0, 14.0), scores(30.0, 44.0, 18.0)],
     })  # fmt: skip
     assert summary["single_seg"]["actor"] == pytest.approx((22.0, 2.0**0.5 * 2))
     assert summary["two_tokens_aml"]["target"] == pytest.approx((14.0, 4.0))
     assert summary["two_tokens_aml"]["actor"] == (30.0, 0.0)
+    figures = report_figures(summary)
+    assert "single_seg target J&F mean" not in figures and figures["two_tokens_aml target J&F mean"] == 14.0
     text = table(summary, 3)
     assert "| 14.0 ± 4.0 | 42.0 ± 2.0 |" in text
+    assert "(i) single_seg | no | no | 22.0 ± 2.8 | - | 32.0 ± 2.8 |" in text
     assert "(ii) single_seg_aml | no | yes | - | - | - |" in text  # not run
 
 
