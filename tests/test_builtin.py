@@ -24,9 +24,8 @@ def test_builtin_loads_and_segments_per_frame(builtin):
     assert builtin.config.name == "reviosa-builtin"
     # Stage 4 through SAM2's memory: RVOS 1-3 points lower on every test split, 2-3x slower (docs/training.md)
     assert builtin.config.sam.propagation == "per_frame"
-    assert (
-        builtin.config.attention_supervision.layer == 2
-    )  # stage 4's pick on stage 3 (checkpoints/stage4/heads)
+    # stage 4's pick on stage 3 (checkpoints/stage4/heads)
+    assert builtin.config.attention_supervision.layer == 2
 
 
 def test_builtin_answers_with_one_or_two_role_tokens(builtin):

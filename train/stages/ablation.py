@@ -72,11 +72,18 @@ def score(model_dir: Path, test_root: Path, out_json: Path) -> dict:
 
 
 def summarise(scores: dict[str, list[dict]]) -> dict[str, dict[str, tuple[float, float]]]:
-    """Per variant and benchmark, (mean, standard deviation over seeds) of J&F."""
+    """Per variant and benchmark, (mean, standard deviation over seeds) of J&F.
+
+    A one-token variant gets no Target: it has no [SEG_TAR], so evaluate scores its targets as
+    empty (0), which is no figure of the variant.
+    """
+    two_tokens = {name: two for name, two, _aml in VARIANTS}
     out: dict[str, dict[str, tuple[float, float]]] = {}
     for name, runs in scores.items():
         out[name] = {}
         for bench in BENCHES:
+            if bench == "target" and not two_tokens[name]:
+                continue
             values = [r[bench]["JF"] for r in runs if r.get(bench)]
             if values:
                 out[name][bench] = (
@@ -95,18 +102,17 @@ def table(summary: dict[str, dict[str, tuple[float, float]]], seeds: int) -> str
         cells = []
         for bench in BENCHES:
             m = summary.get(name, {}).get(bench)
-            cells.append("-" if m is None or (bench == "target" and not two) else f"{m[0]:.1f} ± {m[1]:.1f}")
+            cells.append("-" if m is None else f"{m[0]:.1f} ± {m[1]:.1f}")
         lines.append(f"| ({('i', 'ii', 'iii', 'iv')[i]}) {name} | {'yes' if two else 'no'} | {'yes' if aml else 'no'} | "
                      + " | ".join(cells) + " |")  # fmt: skip
     return "\n".join(lines)
 
 
 def report_figures(summary: dict[str, dict[str, tuple[float, float]]]) -> dict[str, float]:
-    """The report's mean J&F per variant and benchmark, without a one-token variant's Target: it has
-    no [SEG_TAR], so evaluate scores its targets as empty (0), which is no figure of the variant."""
-    two_tokens = {name: two for name, two, _aml in VARIANTS}
-    return {f"{name} {bench} J&F mean": mean_sd[0] for name, benches in summary.items()
-            for bench, mean_sd in benches.items() if bench != "target" or two_tokens[name]}  # fmt: skip
+    """The report's mean J&F per variant and benchmark."""
+    return {
+        f"{name} {bench} J&F mean": v[0] for name, benches in summary.items() for bench, v in benches.items()
+    }
 
 
 def run_count_note(trained: int, runs: int) -> str:
