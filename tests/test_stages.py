@@ -94,6 +94,24 @@ def test_questions_answer_what_the_clip_shows():
     assert seen == {"colour", "shape", "size", "position", "motion"}
 
 
+def test_token_position_probe_tells_placed_tokens_from_placeless_ones():
+    from train.probes.token_position import position_probe
+
+    gen = torch.Generator().manual_seed(0)
+    frames, grid, width = 40, 4, 24
+    placeless = torch.randn(frames, grid * grid, width, generator=gen)
+    # The same noise plus a fixed vector per cell: what absolute position embeddings add.
+    placed = placeless + 3 * torch.randn(1, grid * grid, width, generator=gen)
+    lost, kept = position_probe(placeless), position_probe(placed)
+    for name in ("cell", "row", "quadrant"):
+        acc, chance = lost[name]
+        assert acc < chance + 0.15, (name, acc)
+        assert kept[name][0] > 0.95, (name, kept[name])
+    assert lost["quadrant"][1] == 0.25 and lost["cell"][1] == 1 / 16
+    with pytest.raises(ValueError, match="square grid"):
+        position_probe(torch.randn(2, 15, 4))
+
+
 # --- stage 2's prompts -------------------------------------------------------------------------------
 
 
@@ -315,6 +333,25 @@ def test_qa_phase_trains_the_language_side_only(stage12, recipe):
     assert not any(
         k.startswith(("mllm.model.vision_tower", "mllm.model.multi_modal_projector", "sam.")) for k in changed
     )
+
+
+def test_qa_phase_with_a_vision_rate_trains_the_tower_too(stage12, recipe, tmp_path):
+    from train.stages.vl_pretrain import MLLM, QA_RECORDS, build, load_mllm, main
+
+    main(["--out", str(tmp_path / "s1b"), "--phase", "qa", "--init", str(stage12 / "s1"), "--qa-steps", "3",
+          "--qa-val-clips", "4", "--every", "3", "--qa-vision-lr", "1e-3", "--report", ""])  # fmt: skip
+    before, after = build(recipe, []), build(recipe, [])
+    load_mllm(before, stage12 / "s1" / MLLM)
+    load_mllm(after, tmp_path / "s1b" / MLLM)
+    old, new = before.state_dict(), after.state_dict()
+    changed = {k for k in old if not torch.equal(old[k], new[k])}
+    assert any(k.startswith("mllm.model.vision_tower") for k in changed)
+    assert any(k.startswith("mllm.model.multi_modal_projector") for k in changed)
+    assert any(k.startswith("mllm.model.language_model") for k in changed)
+    assert not any(k.startswith(("sam.", "prompt_proj.")) for k in changed)
+    assert json.loads((tmp_path / "s1b" / QA_RECORDS).read_text())["config"]["vision_lr"] == 1e-3
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path / "x"), "--init", str(stage12 / "s1")])
 
 
 def test_stages_3_to_5_run_from_the_stage_files_and_report(stage12, recipe, tmp_path):

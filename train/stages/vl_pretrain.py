@@ -15,7 +15,9 @@ Two phases, each resumable from what it wrote (a phase whose file is in OUT is n
    -> "moving left", in the synthetic world's own motion phrases). The prompt is the ReVIOSa one
    (one image block per keyframe, 4 keyframes spread over the clip) with the question in place of
    the instruction; the loss is next-token CE on the answer. Writes OUT/mllm.safetensors (the whole
-   ``mllm.*``) and OUT/tokenizer/, which stage 3 loads (``model.mllm_init``).
+   ``mllm.*``) and OUT/tokenizer/, which stage 3 loads (``model.mllm_init``). ``--qa-vision-lr``
+   trains the tower and projector too, at that rate; ``--init FOLDER`` starts the phase from
+   another stage-1 folder's ``mllm.safetensors`` (tower included) instead of OUT's tower.
 
 Gate: the probes read colour, shape and size >= 95 % each on held-out objects; the LLM answers
 held-out attribute and motion questions >= 90 % (exact answers, each kind on its own).
@@ -66,6 +68,10 @@ class QAConfig:
     val_clips: int = 200
     every: int = 250
     seed: int = 0
+    # Learning rate of the vision tower and projector (0: frozen). The tower phase's tokens barely
+    # say where they are (a linear probe reads a token's quadrant at 0.39, chance 0.25), so
+    # position and motion answers sat at chance with the tower frozen.
+    vision_lr: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -241,17 +247,21 @@ def qa_accuracy(model: ReviosaModel, val: tuple[list[Clip], list[list[Question]]
     }
 
 
-def freeze_vision(model: ReviosaModel) -> list:
-    """Only the language side trains: the layers, the embedding and lm_head."""
-    trained = []
+def qa_param_groups(model: ReviosaModel, vision_lr_scale: float) -> list[dict]:
+    """The optimizer's groups: the language side (layers, embedding, lm_head) at the base rate and,
+    when ``vision_lr_scale`` > 0, the vision tower and projector at that share of it; everything
+    else (and a frozen vision side) gets no gradient."""
+    language, vision = [], []
     for name, p in model.mllm.named_parameters():
-        keep = not name.startswith(("model.vision_tower", "model.multi_modal_projector"))
-        p.requires_grad_(keep)
-        if keep:
-            trained.append(p)
+        is_vision = name.startswith(("model.vision_tower", "model.multi_modal_projector"))
+        p.requires_grad_(not is_vision or vision_lr_scale > 0)
+        (vision if is_vision else language).append(p)
     for p in [*model.prompt_proj.parameters(), *model.sam.parameters()]:
         p.requires_grad_(False)
-    return trained
+    groups = [{"params": language, "lr_scale": 1.0}]
+    if vision_lr_scale > 0:
+        groups.append({"params": vision, "lr_scale": vision_lr_scale})
+    return groups
 
 
 def train_qa(model: ReviosaModel, cfg: QAConfig, log=logger.info) -> list[dict]:
@@ -262,8 +272,10 @@ def train_qa(model: ReviosaModel, cfg: QAConfig, log=logger.info) -> list[dict]:
     val = draw(val_rng, Backgrounds(val_rng, size, 16), cfg, cfg.val_clips)
     rng = np.random.default_rng([cfg.seed, 0])
     backgrounds = Backgrounds(rng, size)
-    params = freeze_vision(model)
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    groups = qa_param_groups(model, cfg.vision_lr / cfg.lr)
+    params = [p for g in groups for p in g["params"]]
+    opt = torch.optim.AdamW([{"params": g["params"], "lr": cfg.lr * g["lr_scale"]} for g in groups],
+                            weight_decay=0.0)  # fmt: skip
     warm = max(1, int(cfg.warmup * cfg.steps))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt,
@@ -378,11 +390,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--qa-steps", type=int, default=QAConfig.steps)
     parser.add_argument("--qa-lr", type=float, default=QAConfig.lr)
     parser.add_argument("--qa-val-clips", type=int, default=QAConfig.val_clips)
+    parser.add_argument(
+        "--qa-vision-lr",
+        type=float,
+        default=QAConfig.vision_lr,
+        help="train the tower and projector in QA too",
+    )
+    parser.add_argument(
+        "--init",
+        help="phase qa: start from this stage-1 folder's mllm.safetensors (tower included) instead of "
+        "OUT's vision.safetensors",
+    )
     parser.add_argument("--every", type=int, default=250)
     parser.add_argument("--val-scenes", type=int, default=512)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--report", default=str(report.REPORT_DIR), help="stages' report folder ('': none)")
     args = parser.parse_args(argv)
+    if args.init and args.phase != "qa":
+        parser.error("--init starts the qa phase from another stage-1 folder: give --phase qa")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -411,9 +436,17 @@ def train_phases(args, out: Path) -> None:
         )
     if args.phase == "tower" or (out / MLLM).is_file():
         return
-    vision_tower.load_vision(model, tower_file)
+    if args.init:
+        load_mllm(model, Path(args.init) / MLLM)
+    else:
+        vision_tower.load_vision(model, tower_file)
     qcfg = QAConfig(
-        steps=args.qa_steps, lr=args.qa_lr, val_clips=args.qa_val_clips, every=args.every, seed=args.seed
+        steps=args.qa_steps,
+        lr=args.qa_lr,
+        val_clips=args.qa_val_clips,
+        every=args.every,
+        seed=args.seed,
+        vision_lr=args.qa_vision_lr,
     )
     qa_records = train_qa(model, qcfg)
     save_mllm(model, out)
