@@ -338,8 +338,8 @@ def test_qa_phase_trains_the_language_side_only(stage12, recipe):
 def test_qa_phase_with_a_vision_rate_trains_the_tower_too(stage12, recipe, tmp_path):
     from train.stages.vl_pretrain import MLLM, QA_RECORDS, build, load_mllm, main
 
-    main(["--out", str(tmp_path / "s1b"), "--phase", "qa", "--init", str(stage12 / "s1"), "--qa-steps", "3",
-          "--qa-val-clips", "4", "--every", "3", "--qa-vision-lr", "1e-3", "--report", ""])  # fmt: skip
+    main(["--recipe", str(recipe), "--out", str(tmp_path / "s1b"), "--phase", "qa", "--init", str(stage12 / "s1"),
+          "--qa-steps", "3", "--qa-val-clips", "4", "--every", "3", "--qa-vision-lr", "1e-3", "--report", ""])  # fmt: skip
     before, after = build(recipe, []), build(recipe, [])
     load_mllm(before, stage12 / "s1" / MLLM)
     load_mllm(after, tmp_path / "s1b" / MLLM)
