@@ -244,6 +244,17 @@ class ReviosaModel(nn.Module):
 
     # --- MLLM ------------------------------------------------------------------------------------
 
+    def vision_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The projector's outputs, what the LLM receives for each image block.
+
+        pixel_values: float (N_img, 3, S, S). Returns float (N_img, g*g, D) in raster order.
+        """
+        return self.mllm.model.get_image_features(
+            pixel_values.to(self.device, self.dtype),
+            vision_feature_layer=self.mllm.config.vision_feature_layer,
+            vision_feature_select_strategy=self.mllm.config.vision_feature_select_strategy,
+        ).pooler_output
+
     def embed(
         self,
         input_ids: torch.Tensor,
@@ -260,11 +271,7 @@ class ReviosaModel(nn.Module):
         embeds = self.mllm.get_input_embeddings()(input_ids)
         if pixel_values is None:
             return embeds
-        feats = self.mllm.model.get_image_features(
-            pixel_values.to(self.device, self.dtype),
-            vision_feature_layer=self.mllm.config.vision_feature_layer,
-            vision_feature_select_strategy=self.mllm.config.vision_feature_select_strategy,
-        ).pooler_output  # (N_img, g*g, D)
+        feats = self.vision_tokens(pixel_values)  # (N_img, g*g, D)
         if image_index is not None:
             feats = feats[image_index.to(feats.device)]  # (N_slots, g*g, D)
         slots = input_ids == self.processor.ids.img_context

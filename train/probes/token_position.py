@@ -76,12 +76,7 @@ def clip_tokens(model, clips: int, seed: int = 5) -> torch.Tensor:
     frames = np.concatenate(
         [random_clip(rng, backgrounds, 4, max_stride=9, stride=9).frames for _ in range(clips)]
     )
-    pixels = model.processor.mllm_pixels(frames).to(model.device, model.dtype)
-    return model.mllm.model.get_image_features(
-        pixels,
-        vision_feature_layer=model.mllm.config.vision_feature_layer,
-        vision_feature_select_strategy=model.mllm.config.vision_feature_select_strategy,
-    ).pooler_output
+    return model.vision_tokens(model.processor.mllm_pixels(frames))
 
 
 def main(argv: list[str] | None = None) -> None:

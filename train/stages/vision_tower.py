@@ -107,11 +107,7 @@ def pooled_objects(model: ReviosaModel, scenes: list[Scene]) -> torch.Tensor:
     """Each labelled object's vision tokens (projector outputs), mean-weighted by the fraction of
     each grid cell it covers: float (sum N, D), scene-major."""
     pixels = model.processor.mllm_pixels(np.stack([s.frame for s in scenes]))
-    feats = model.mllm.model.get_image_features(
-        pixels.to(model.device, model.dtype),
-        vision_feature_layer=model.mllm.config.vision_feature_layer,
-        vision_feature_select_strategy=model.mllm.config.vision_feature_select_strategy,
-    ).pooler_output  # (B, g*g, D)
+    feats = model.vision_tokens(pixels)  # (B, g*g, D)
     g = model.config.grid
     rows = []
     for scene, tokens in zip(scenes, feats, strict=True):
