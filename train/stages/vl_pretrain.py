@@ -68,9 +68,10 @@ class QAConfig:
     val_clips: int = 200
     every: int = 250
     seed: int = 0
-    # Learning rate of the vision tower and projector (0: frozen). The tower phase's tokens barely
-    # say where they are (a linear probe reads a token's quadrant at 0.39, chance 0.25), so
-    # position and motion answers sat at chance with the tower frozen.
+    # Learning rate of the vision tower and projector (0: frozen, the recipe). Their tokens barely
+    # say where they are (train.probes.token_position: quadrant 0.39, chance 0.25), so position and
+    # motion answers sit near chance; 600 steps with the tower at 3e-4 changed neither the probe
+    # nor those answers (docs/training.md, "Seventh session").
     vision_lr: float = 0.0
 
 
