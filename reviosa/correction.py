@@ -236,15 +236,20 @@ def _honour_clicks(mask: np.ndarray, clicks: list[Click], radius: float) -> np.n
 
     Clicks are applied in order, so a later click wins where two disks overlap.
     """
-    h, w = mask.shape
-    r = max(1.0, radius * min(h, w))
-    yy, xx = np.mgrid[:h, :w]
     mask = mask.copy()
     for c in clicks:
-        col, row = int(c.x), int(c.y)
-        if mask[row, col] != c.positive:
-            mask[(yy - row) ** 2 + (xx - col) ** 2 <= r * r] = c.positive
+        if mask[int(c.y), int(c.x)] != c.positive:
+            mask[click_disk(mask.shape, c, radius)] = c.positive
     return mask
+
+
+def click_disk(shape: tuple[int, int], click: Click, radius: float) -> np.ndarray:
+    """bool (H, W): the disk a click paints where SAM2 got its pixel wrong, ``radius`` times the
+    frame's shorter side across (at least one pixel)."""
+    h, w = shape
+    r = max(1.0, radius * min(h, w))
+    yy, xx = np.mgrid[:h, :w]
+    return (yy - int(click.y)) ** 2 + (xx - int(click.x)) ** 2 <= r * r
 
 
 def _store_condition(sam, tracker, feats, sam_out: dict, mask: np.ndarray, t: int) -> None:

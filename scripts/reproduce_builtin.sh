@@ -53,8 +53,7 @@ if [ ! -f "$PF/model.safetensors" ]; then
 c = ReviosaConfig.load(sys.argv[1]); c.sam.propagation = "per_frame"; c.save(sys.argv[1])' "$PF"
 fi
 for MODEL in "$RUN/stage4/model" "$PF"; do
-  EVAL=$RUN/stage4/eval
-  [ "$MODEL" = "$PF" ] && EVAL=$PF/eval
+  if [ "$MODEL" = "$PF" ]; then EVAL=$PF/eval; else EVAL=$RUN/stage4/eval; fi
   mkdir -p "$EVAL"
   for seed in 1 2 3; do
     data=$RUN/stage4/test_seed$seed

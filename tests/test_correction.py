@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from reviosa.correction import Click, CorrectionConfig, correct_tracks
+from reviosa.correction import Click, CorrectionConfig, click_disk, correct_tracks
 from reviosa.video import ArrayVideo, MaskTrack
 
 T, H, W = 8, 48, 64
@@ -125,13 +125,11 @@ def test_builtin_model_keeps_the_object_and_cuts_the_clicked_part():
     t = 5
     ys, xs = np.nonzero(actor[t])
     cy, cx = int(np.median(ys)), int(np.median(xs))
-    fixed = correct_tracks(model, video, {"actor": actor, "target": None}, [Click(t, "actor", cx, cy, False)])
-    fixed = fixed["actor"]
+    click = Click(t, "actor", cx, cy, False)
+    fixed = correct_tracks(model, video, {"actor": actor, "target": None}, [click])["actor"]
     # The disk is cut and the rest stays: compared outside the disk, whose share of the object
     # depends on the object's size (here about 80 of 510 pixels).
-    r = CorrectionConfig().click_radius * min(actor.shape[1:])
-    yy, xx = np.mgrid[: actor.shape[1], : actor.shape[2]]
-    disk = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+    disk = click_disk(actor.shape[1:], click, CorrectionConfig().click_radius)
     assert not fixed[t][disk].any()
     assert _iou(fixed[t] & ~disk, actor[t] & ~disk) > 0.85
     assert np.mean([_iou(fixed[k], actor[k]) for k in range(t + 1, video.num_frames)]) > 0.7

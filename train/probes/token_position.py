@@ -6,7 +6,7 @@ The LLM reads a vision token's content, not its place: rotary positions only sha
 scores, and a 1-D offset from the question says little about a cell of a frame block. So an
 answer like "top left", or a motion ("moving left") compared over keyframes, needs the token's
 own features to carry its position, as a pretrained InternViT's do (absolute position
-embeddings). This fits a linear classifier (standardised features, Adam, full batch) from the
+embeddings). This fits a linear probe (``probe_words.fit_probe``) from the
 projected tokens of random stage-1 clips to each token's cell, row and quadrant, and prints
 held-out accuracy beside chance.
 """
@@ -17,31 +17,13 @@ import argparse
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from train.probes.probe_words import fit_probe
+from train.stages import vl_pretrain
 from train.stages.clips import Backgrounds, random_clip
 from train.stages.common import RECIPE
 
-
-def fit_linear(
-    x: torch.Tensor, y: torch.Tensor, classes: int, train_share: float = 0.8, steps: int = 300
-) -> float:
-    """Held-out accuracy of a linear classifier of ``y`` from ``x``.
-
-    x: float (N, D); y: long (N,) in [0, classes). The first ``train_share`` of the rows train.
-    """
-    cut = int(train_share * len(x))
-    mean, std = x[:cut].mean(0), x[:cut].std(0) + 1e-6
-    z = (x - mean) / std
-    head = torch.nn.Linear(x.shape[1], classes)
-    opt = torch.optim.Adam(head.parameters(), lr=1e-2)
-    for _ in range(steps):
-        loss = F.cross_entropy(head(z[:cut]), y[:cut])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    with torch.no_grad():
-        return float((head(z[cut:]).argmax(-1) == y[cut:]).float().mean())
+TRAIN_SHARE = 0.8  # the first frames' tokens fit the probe, the rest score it
 
 
 def position_probe(tokens: torch.Tensor) -> dict[str, tuple[float, float]]:
@@ -57,15 +39,11 @@ def position_probe(tokens: torch.Tensor) -> dict[str, tuple[float, float]]:
     row, col = cell // grid, cell % grid
     quadrant = (row >= grid // 2).long() * 2 + (col >= grid // 2).long()
     x = tokens.reshape(-1, width).float()
-    with torch.enable_grad():
-        return {
-            name: (fit_linear(x, labels, classes), 1 / classes)
-            for name, labels, classes in (
-                ("cell", cell, count),
-                ("row", row, grid),
-                ("quadrant", quadrant, 4),
-            )
-        }
+    cut = int(TRAIN_SHARE * frames) * count
+    return {
+        name: (fit_probe(x[:cut], y[:cut], x[cut:], y[cut:], classes)[1], 1 / classes)
+        for name, y, classes in (("cell", cell, count), ("row", row, grid), ("quadrant", quadrant, 4))
+    }
 
 
 @torch.no_grad()
@@ -80,8 +58,6 @@ def clip_tokens(model, clips: int, seed: int = 5) -> torch.Tensor:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from train.stages import vl_pretrain
-
     parser = argparse.ArgumentParser(
         prog="python -m train.probes.token_position", description=__doc__.split("\n")[0]
     )

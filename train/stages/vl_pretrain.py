@@ -248,20 +248,20 @@ def qa_accuracy(model: ReviosaModel, val: tuple[list[Clip], list[list[Question]]
     }
 
 
-def qa_param_groups(model: ReviosaModel, vision_lr_scale: float) -> list[dict]:
-    """The optimizer's groups: the language side (layers, embedding, lm_head) at the base rate and,
-    when ``vision_lr_scale`` > 0, the vision tower and projector at that share of it; everything
-    else (and a frozen vision side) gets no gradient."""
+def qa_param_groups(model: ReviosaModel, lr: float, vision_lr: float) -> list[dict]:
+    """AdamW's groups: the language side (layers, embedding, lm_head) at ``lr`` and, when
+    ``vision_lr`` > 0, the vision tower and projector at it; everything else (and a frozen vision
+    side) gets no gradient."""
     language, vision = [], []
     for name, p in model.mllm.named_parameters():
         is_vision = name.startswith(("model.vision_tower", "model.multi_modal_projector"))
-        p.requires_grad_(not is_vision or vision_lr_scale > 0)
+        p.requires_grad_(not is_vision or vision_lr > 0)
         (vision if is_vision else language).append(p)
     for p in [*model.prompt_proj.parameters(), *model.sam.parameters()]:
         p.requires_grad_(False)
-    groups = [{"params": language, "lr_scale": 1.0}]
-    if vision_lr_scale > 0:
-        groups.append({"params": vision, "lr_scale": vision_lr_scale})
+    groups = [{"params": language, "lr": lr}]
+    if vision_lr > 0:
+        groups.append({"params": vision, "lr": vision_lr})
     return groups
 
 
@@ -273,10 +273,9 @@ def train_qa(model: ReviosaModel, cfg: QAConfig, log=logger.info) -> list[dict]:
     val = draw(val_rng, Backgrounds(val_rng, size, 16), cfg, cfg.val_clips)
     rng = np.random.default_rng([cfg.seed, 0])
     backgrounds = Backgrounds(rng, size)
-    groups = qa_param_groups(model, cfg.vision_lr / cfg.lr)
+    groups = qa_param_groups(model, cfg.lr, cfg.vision_lr)
     params = [p for g in groups for p in g["params"]]
-    opt = torch.optim.AdamW([{"params": g["params"], "lr": cfg.lr * g["lr_scale"]} for g in groups],
-                            weight_decay=0.0)  # fmt: skip
+    opt = torch.optim.AdamW(groups, weight_decay=0.0)
     warm = max(1, int(cfg.warmup * cfg.steps))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt,
