@@ -354,6 +354,23 @@ def test_qa_phase_with_a_vision_rate_trains_the_tower_too(stage12, recipe, tmp_p
         main(["--out", str(tmp_path / "x"), "--init", str(stage12 / "s1")])
 
 
+def test_tower_phase_from_another_folder_with_the_position_term(stage12, recipe, tmp_path):
+    """``--phase tower --init FOLDER --tower-position W``: the tower starts from FOLDER's weights
+    (a 0 learning rate keeps them) and reports the tokens' cell score."""
+    from safetensors.torch import load_file
+
+    from train.stages.vision_tower import REPORT, WEIGHTS
+    from train.stages.vl_pretrain import main
+
+    main(["--recipe", str(recipe), "--out", str(tmp_path / "s1p"), "--phase", "tower", "--init", str(stage12 / "s1"),
+          "--tower-steps", "2", "--tower-lr", "0", "--tower-position", "1", "--every", "2", "--val-scenes", "4",
+          "--report", ""])  # fmt: skip
+    record = json.loads((tmp_path / "s1p" / REPORT).read_text())
+    assert record["config"]["position"] == 1.0 and 0 <= record["records"][-1]["cell"] <= 1
+    old, new = load_file(str(stage12 / "s1" / WEIGHTS)), load_file(str(tmp_path / "s1p" / WEIGHTS))
+    assert old.keys() == new.keys() and all(torch.equal(old[k], new[k]) for k in old)
+
+
 def test_stages_3_to_5_run_from_the_stage_files_and_report(stage12, recipe, tmp_path):
     from train.stages import ablation, reviosa, sa2va
 

@@ -157,6 +157,28 @@ def test_prompt_contrast_loss_by_hand():
     assert prompts.grad.isfinite().all()  # roles without a positive (absent ones) pass no NaN back
 
 
+def test_role_pair_loss_by_hand():
+    """Row 0: actor A, target B (a pair); row 1: actor and target the same object (no pair); row 2:
+    no target (no pair). Only row 0's two roles count."""
+    masks = torch.zeros(3, 2, 1, 2, 2)
+    masks[0, 0, 0, 0, 0] = masks[0, 1, 0, 1, 1] = 1.0
+    masks[1, :, 0, 0, 0] = 1.0
+    masks[2, 0, 0, 0, 0] = 1.0
+    e1, e2 = torch.eye(2)
+    targets = torch.stack([torch.stack([e1, e2])] * 3)
+    weight = torch.tensor([[1.0, 1.0], [1.0, 1.0], [1.0, 0.0]])
+    value = losses.role_pair_loss(targets.clone(), targets, masks, weight, scale=2.0)
+    # each role: cos 1 with its own example, 0 with the other's -> -log(e^2 / (e^2 + 1)), twice
+    assert value.item() == pytest.approx(2 * math.log1p(math.exp(-2.0)), rel=1e-5)
+    swapped = targets.flip(1)  # row 0's prompts are the other role's examples
+    assert losses.role_pair_loss(swapped, targets, masks, weight, scale=10.0).item() > 19.0
+    prompts = targets.clone().requires_grad_()
+    losses.role_pair_loss(prompts, targets, masks, weight).backward()
+    assert prompts.grad[0].abs().sum() > 0 and prompts.grad[1:].abs().sum() == 0
+    one = losses.role_pair_loss(targets[:, :1], targets[:, :1], masks[:, :1], weight[:, :1])
+    assert one.item() == 0.0  # one [SEG]: nothing to tell apart
+
+
 def test_region_words_loss_by_hand():
     """Vocabulary of three words, embedded as the axes. Row 0's actor covers two tokens along
     word 0 (their mean points at it); the expression says words 0 and 2. Row 0's target is on no
@@ -773,15 +795,15 @@ def test_example_decoding_and_distill_terms_train(tiny_parts):
     batch = collate([ds[(0, 0)], ds[(0, 1)]], model.processor.ids.pad)
     loss_cfg = copy.deepcopy(cfg.loss)
     loss_cfg.example, loss_cfg.distill, loss_cfg.hard_negative, loss_cfg.contrast = 1.0, 5.0, 1.0, 1.0
-    loss_cfg.words = 1.0
+    loss_cfg.words = loss_cfg.role_pair = 1.0
     prepared = prepare_trainables(copy.deepcopy(model), cfg)
     step = TrainStep(prepared.wrapper, loss_cfg, nominal_rows=4, bf16=False)
     opt = torch.optim.AdamW([p for p in prepared.wrapper.parameters() if p.requires_grad], lr=1e-3)
     history = []
     for _ in range(8):
         loss, terms = step(batch)
-        assert {"example", "distill", "hard_negative", "contrast", "words"} <= set(terms)
-        assert terms["contrast"] > 0 and terms["words"] > 0
+        assert {"example", "distill", "hard_negative", "contrast", "role_pair", "words"} <= set(terms)
+        assert terms["contrast"] > 0 and terms["words"] > 0 and terms["role_pair"].isfinite()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -1177,6 +1199,27 @@ def test_words_term_trains_the_vision_side_only(tiny_parts):
     assert embedding.grad is None or embedding.grad.abs().sum() == 0
     vision = [p.grad for p in inner.mllm.model.vision_tower.parameters() if p.requires_grad]
     assert vision and any(g is not None and g.abs().sum() > 0 for g in vision)
+
+
+def test_vision_tower_position_term_teaches_tokens_their_cell(tiny_parts, tmp_path):
+    """With ``position``, every token's own row and column are read from it (the "cell" score, far
+    above chance after a few steps), and a resumed run reads the position heads back."""
+    import copy
+
+    from train.stages.vision_tower import STATE, PretrainConfig, pretrain
+
+    _, base, _ = tiny_parts
+    cfg = PretrainConfig(steps=120, batch=4, lr=1e-2, val_scenes=8, every=60, position=1.0)
+    records = pretrain(copy.deepcopy(base), cfg, report=lambda _line: None, state_path=tmp_path / STATE)
+    assert records[-1]["cell"] > 0.5, records  # chance 1 / g^2 = 0.06 here; 0.95 measured
+    assert torch.load(tmp_path / STATE, weights_only=False)["places"]
+    plain = pretrain(
+        copy.deepcopy(base), PretrainConfig(steps=2, batch=4, val_scenes=4, every=2), report=lambda _l: None
+    )
+    assert "cell" not in plain[-1]
+    longer = PretrainConfig(**{**cfg.__dict__, "steps": 121})
+    resumed = pretrain(copy.deepcopy(base), longer, report=lambda _line: None, state_path=tmp_path / STATE)
+    assert [r["step"] for r in resumed] == [60, 120, 121]
 
 
 def test_probe_words_tower_trains_the_vision_side_alone(tiny_parts):

@@ -33,7 +33,7 @@ LORA_TARGET = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_pr
 # Loss terms, in the order they are logged (train.objective computes them).
 LOSS_TERMS = (
     "mask_ce", "mask_dice", "aml", "text", "object", "grounding", "example", "distill", "hard_negative",
-    "contrast", "words",
+    "contrast", "role_pair", "words",
 )  # fmt: skip
 # Parameter groups, for learning-rate stages and for reporting what trains.
 GROUPS = (
@@ -117,6 +117,9 @@ class LossConfig:
     # Each role prompt nearest its own example prompt among the batch's (losses.prompt_contrast_loss).
     contrast: float = 0.0
     contrast_scale: float = 10.0
+    # Each role prompt nearer its own example than the other role's of the row, at contrast_scale
+    # (losses.role_pair_loss).
+    role_pair: float = 0.0
     # The referent's vision-token inputs must name the expression's words (losses.region_words_loss).
     words: float = 0.0
     words_scale: float = 10.0

@@ -310,3 +310,38 @@ def prompt_contrast_loss(
     log_pos = torch.logsumexp(logits.masked_fill(~positive, float("-inf")), dim=-1)
     per_role = (log_all - log_pos).masked_fill(~positive.any(-1), 0.0)
     return (per_role * weight).sum()
+
+
+def role_pair_loss(
+    prompts: torch.Tensor,
+    targets: torch.Tensor,
+    masks: torch.Tensor,
+    role_weight: torch.Tensor,
+    scale: float = 10.0,
+) -> torch.Tensor:
+    """Each role prompt must be nearer its own referent's example prompt than the other role's of
+    the same row (switch ``loss.role_pair``; not in the paper).
+
+    ``prompt_contrast_loss`` spreads its weight over every example of the batch, most of them
+    other clips' and easy to tell apart; the actor and target of one expression are the pair the
+    installed model confuses (their role prompts at cosine 0.94, their masks at IoU 0.79 with each
+    other: ``train.probes.diagnose``). This is the two-way softmax of ``scale * cos`` over just
+    that pair, for rows with two valid roles on different objects.
+
+    prompts, targets: float (B, 2, P), targets detached; masks: float (B, 2, F, h, w);
+    role_weight: float (B, 2), 0 where a role has no example. Returns the sum over the weighted
+    rows and roles (0 when no row has a pair).
+    """
+    if prompts.shape[1] < 2:  # one [SEG]: no pair
+        return prompts.float().sum() * 0.0
+    p = F.normalize(prompts.float(), dim=-1)
+    t = F.normalize(targets.detach().float(), dim=-1)
+    own = scale * (p * t).sum(-1)  # (B, 2)
+    other = scale * (p * t.flip(1)).sum(-1)  # (B, 2): actor vs the target's example and back
+    per_role = F.softplus(other - own)  # -log softmax over {own, other}
+    m = (masks > 0.5).flatten(2).float()  # (B, 2, N)
+    inter = (m[:, 0] * m[:, 1]).sum(-1)
+    union = m.sum((1, 2)) - inter
+    apart = inter <= 0.5 * union  # (B,): the same threshold as same_object
+    paired = (role_weight > 0).all(-1) & apart
+    return (per_role * role_weight * paired[:, None].to(per_role.dtype)).sum()

@@ -72,6 +72,10 @@ def loss_terms(
             terms["contrast"] = losses.prompt_contrast_loss(
                 out.role_prompts, out.example.prompts, batch.masks, batch.clip_of, valid, cfg.contrast_scale
             )
+        if cfg.role_pair:
+            terms["role_pair"] = losses.role_pair_loss(
+                out.role_prompts, out.example.prompts, batch.masks, valid, cfg.contrast_scale
+            )
     return terms
 
 
@@ -145,7 +149,7 @@ class TrainStep(nn.Module):
     @property
     def _needs_examples(self) -> bool:
         cfg = self.loss_cfg
-        return bool(cfg.example or cfg.distill or cfg.contrast)
+        return bool(cfg.example or cfg.distill or cfg.contrast or cfg.role_pair)
 
 
 def forward_batch(model: ReviosaModel, batch: Batch, **kwargs) -> TrainOutput:

@@ -48,7 +48,7 @@ ATTRIBUTES: dict[str, tuple[str, ...]] = {
 }
 PARTS = ("vision_tower", "multi_modal_projector")  # submodules of mllm.model that the file holds
 WEIGHTS, REPORT, STATE = "vision.safetensors", "vision.json", "vision_state.pt"
-CLI_FIELDS = ("steps", "batch", "lr", "val_scenes", "every", "seed")  # of PretrainConfig
+CLI_FIELDS = ("steps", "batch", "lr", "val_scenes", "every", "seed", "position")  # of PretrainConfig
 
 
 @dataclass
@@ -62,6 +62,11 @@ class PretrainConfig:
     val_scenes: int = 256
     every: int = 250  # steps between validation reports
     seed: int = 0
+    # Weight of the position term (0: off, the first runs): every token's own grid row and column
+    # read by two linear heads from its projected features. The attribute heads pool tokens, so
+    # they never ask a token where it is; the LLM then cannot answer "where" or "which way"
+    # (train.probes.token_position: a stage-1 token's cell read at 0.21, its quadrant at 0.39).
+    position: float = 0.0
 
 
 @dataclass
@@ -103,11 +108,45 @@ class AttributeHeads(nn.Module):
         return {name: head(pooled) for name, head in self.heads.items()}
 
 
-def pooled_objects(model: ReviosaModel, scenes: list[Scene]) -> torch.Tensor:
-    """Each labelled object's vision tokens (projector outputs), mean-weighted by the fraction of
-    each grid cell it covers: float (sum N, D), scene-major."""
-    pixels = model.processor.mllm_pixels(np.stack([s.frame for s in scenes]))
-    feats = model.vision_tokens(pixels)  # (B, g*g, D)
+class PositionHeads(nn.Module):
+    """Two linear classifiers over each token: (..., D) -> (row logits, column logits), (..., g)."""
+
+    def __init__(self, dim: int, grid: int):
+        super().__init__()
+        self.row, self.col = nn.Linear(dim, grid), nn.Linear(dim, grid)
+
+    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.row(tokens), self.col(tokens)
+
+
+def scene_tokens(model: ReviosaModel, scenes: list[Scene]) -> torch.Tensor:
+    """The scenes' vision tokens (projector outputs), raster order: float (B, g*g, D)."""
+    return model.vision_tokens(model.processor.mllm_pixels(np.stack([s.frame for s in scenes])))
+
+
+def token_cells(grid: int, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row and column of each token in raster order: two long (g*g,)."""
+    cell = torch.arange(grid * grid, device=device)
+    return cell // grid, cell % grid
+
+
+def position_loss(heads: PositionHeads, feats: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of every token's row plus that of its column (a scalar).
+    feats: float (B, g*g, D)."""
+    row, col = token_cells(heads.row.out_features, feats.device)
+    row_logits, col_logits = heads(feats)  # (B, g*g, g) each
+    ce = F.cross_entropy
+    return ce(row_logits.flatten(0, 1), row.repeat(len(feats))) + ce(
+        col_logits.flatten(0, 1), col.repeat(len(feats))
+    )
+
+
+def pooled_objects(
+    model: ReviosaModel, scenes: list[Scene], feats: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Each labelled object's vision tokens (projector outputs; ``feats`` when given, (B, g*g, D)),
+    mean-weighted by the fraction of each grid cell it covers: float (sum N, D), scene-major."""
+    feats = scene_tokens(model, scenes) if feats is None else feats
     g = model.config.grid
     rows = []
     for scene, tokens in zip(scenes, feats, strict=True):
@@ -127,18 +166,33 @@ def attribute_loss(heads: AttributeHeads, pooled: torch.Tensor, scenes: list[Sce
 
 
 @torch.no_grad()
-def accuracy(model: ReviosaModel, heads: AttributeHeads, scenes: list[Scene], batch: int) -> dict[str, float]:
-    """Per attribute, the fraction of the scenes' objects its head reads right."""
+def accuracy(
+    model: ReviosaModel,
+    heads: AttributeHeads,
+    scenes: list[Scene],
+    batch: int,
+    places: PositionHeads | None = None,
+) -> dict[str, float]:
+    """Per attribute, the fraction of the scenes' objects its head reads right; with ``places``,
+    also "cell": the fraction of the scenes' tokens whose row and column both read right."""
     right = dict.fromkeys(ATTRIBUTES, 0)
-    total = 0
+    total = cells = 0
     for i in range(0, len(scenes), batch):
         chunk = scenes[i : i + batch]
-        logits = heads(pooled_objects(model, chunk))
+        feats = scene_tokens(model, chunk)
+        logits = heads(pooled_objects(model, chunk, feats))
         for name in ATTRIBUTES:
             truth = torch.cat([s.labels[name] for s in chunk])
             right[name] += int((logits[name].argmax(1).cpu() == truth).sum())
         total += sum(len(s.masks) for s in chunk)
-    return {name: right[name] / max(total, 1) for name in ATTRIBUTES}
+        if places is not None:
+            row, col = token_cells(places.row.out_features, feats.device)
+            row_logits, col_logits = places(feats)
+            cells += int(((row_logits.argmax(-1) == row) & (col_logits.argmax(-1) == col)).sum())
+    scores = {name: right[name] / max(total, 1) for name in ATTRIBUTES}
+    if places is not None:
+        scores["cell"] = cells / max(len(scenes) * model.config.grid**2, 1)
+    return scores
 
 
 def vision_parts(model: ReviosaModel) -> dict[str, nn.Module]:
@@ -158,11 +212,17 @@ def pretrain(
     val = [random_scene(val_rng, val_bg, cfg) for _ in range(cfg.val_scenes)]
     backgrounds = Backgrounds(np.random.default_rng([cfg.seed, 2]), size)
     heads = AttributeHeads(model.config.text.hidden_size).to(model.device)
+    places = (
+        PositionHeads(model.config.text.hidden_size, model.config.grid).to(model.device)
+        if cfg.position
+        else None
+    )
     params = [p for part in vision_parts(model).values() for p in part.parameters()]
     flags = [p.requires_grad for p in params]
     for p in params:
         p.requires_grad_(True)
-    opt = torch.optim.AdamW([*params, *heads.parameters()], lr=cfg.lr, weight_decay=0.0)
+    head_params = [*heads.parameters(), *(places.parameters() if places is not None else ())]
+    opt = torch.optim.AdamW([*params, *head_params], lr=cfg.lr, weight_decay=0.0)
     warmup = max(1, cfg.steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + np.cos(np.pi * s / cfg.steps))
@@ -173,6 +233,8 @@ def pretrain(
         for name, part in vision_parts(model).items():
             part.load_state_dict(state["parts"][name])
         heads.load_state_dict(state["heads"])
+        if places is not None:
+            places.load_state_dict(state["places"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         start, records = state["step"], state["records"]
@@ -182,7 +244,10 @@ def pretrain(
     for step in range(start + 1, cfg.steps + 1):
         rng = np.random.default_rng([cfg.seed, 0, step])
         scenes = [random_scene(rng, backgrounds, cfg) for _ in range(cfg.batch)]
-        loss = attribute_loss(heads, pooled_objects(model, scenes), scenes)
+        feats = scene_tokens(model, scenes)
+        loss = attribute_loss(heads, pooled_objects(model, scenes, feats), scenes)
+        if places is not None:
+            loss = loss + cfg.position * position_loss(places, feats)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -192,7 +257,7 @@ def pretrain(
             record = {
                 "step": step,
                 "loss": sum(losses) / len(losses),
-                **accuracy(model, heads, val, cfg.batch),
+                **accuracy(model, heads, val, cfg.batch, places),
             }
             record["seconds"] = time.perf_counter() - t0 + (records[-1]["seconds"] if records else 0.0)
             t0 = time.perf_counter()
@@ -206,7 +271,8 @@ def pretrain(
                 # Written aside and renamed: a copy (or a commit) never reads a half-written file.
                 torch.save(
                     {"parts": parts, "heads": heads.state_dict(), "optimizer": opt.state_dict(),
-                     "scheduler": sched.state_dict(), "step": step, "records": records},
+                     "scheduler": sched.state_dict(), "step": step, "records": records,
+                     **({"places": places.state_dict()} if places is not None else {})},
                     state_path.with_suffix(".tmp"),
                 )  # fmt: skip
                 state_path.with_suffix(".tmp").replace(state_path)

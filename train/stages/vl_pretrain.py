@@ -19,6 +19,10 @@ Two phases, each resumable from what it wrote (a phase whose file is in OUT is n
    trains the tower and projector too, at that rate; ``--init FOLDER`` starts the phase from
    another stage-1 folder's ``mllm.safetensors`` (tower included) instead of OUT's tower.
 
+``--tower-position W`` adds a term to the tower phase: every token's own grid row and column,
+read by two linear heads, at weight W (reported as "cell"; ``train.probes.token_position`` probes
+it). With ``--phase tower``, ``--init FOLDER`` starts the tower from FOLDER's vision.safetensors.
+
 Gate: the probes read colour, shape and size >= 95 % each on held-out objects; the LLM answers
 held-out attribute and motion questions >= 90 % (exact answers, each kind on its own).
 """
@@ -387,6 +391,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--tower-steps", type=int, default=12000)
     parser.add_argument("--tower-lr", type=float, default=1e-3)
+    parser.add_argument(
+        "--tower-position", type=float, default=0.0, help="weight of the tower's token-position term"
+    )
     parser.add_argument("--qa-steps", type=int, default=QAConfig.steps)
     parser.add_argument("--qa-lr", type=float, default=QAConfig.lr)
     parser.add_argument("--qa-val-clips", type=int, default=QAConfig.val_clips)
@@ -399,15 +406,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--init",
         help="phase qa: start from this stage-1 folder's mllm.safetensors (tower included) instead of "
-        "OUT's vision.safetensors",
+        "OUT's vision.safetensors; phase tower: start the tower from its vision.safetensors",
     )
     parser.add_argument("--every", type=int, default=250)
     parser.add_argument("--val-scenes", type=int, default=512)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--report", default=str(report.REPORT_DIR), help="stages' report folder ('': none)")
     args = parser.parse_args(argv)
-    if args.init and args.phase != "qa":
-        parser.error("--init starts the qa phase from another stage-1 folder: give --phase qa")
+    if args.init and args.phase not in ("qa", "tower"):
+        parser.error("--init starts one phase from another stage-1 folder: give --phase qa or --phase tower")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -428,7 +435,10 @@ def train_phases(args, out: Path) -> None:
             every=args.every,
             val_scenes=args.val_scenes,
             seed=args.seed,
+            position=args.tower_position,
         )
+        if args.init:
+            vision_tower.load_vision(model, Path(args.init) / vision_tower.WEIGHTS)
         records = vision_tower.pretrain(model, tcfg, logger.info, out / vision_tower.STATE)
         vision_tower.save_vision(model, tower_file)
         (out / vision_tower.REPORT).write_text(
