@@ -1177,6 +1177,38 @@ def test_probe_words_breakdown_counts_every_expression(synth_root, tmp_path, cap
     assert "rvos" in capsys.readouterr().out
 
 
+def test_probe_words_roles_tells_right_roles_from_swapped_ones(synth_root, tmp_path, capsys):
+    """Ground-truth tracks put every role on its own referent; the same tracks swapped put none."""
+    from reviosa.data import InterRVOSDataset
+    from reviosa.results import save, track_entry
+    from train.probes.probe_words import DEFAULT_GROUPS, main, role_choices
+
+    data = InterRVOSDataset(synth_root, "train")
+    right, swapped = {"videos": {}}, {"videos": {}}
+    for sample in data.samples():
+        actor, target = sample.actor_masks(), sample.target_masks()
+        if target is None:
+            continue
+        right["videos"].setdefault(sample.video_id, {})[sample.exp_id] = track_entry(actor, target, "")
+        swapped["videos"].setdefault(sample.video_id, {})[sample.exp_id] = track_entry(target, actor, "")
+    good, bad = role_choices(data, right, DEFAULT_GROUPS), role_choices(data, swapped, DEFAULT_GROUPS)
+    assert sum(c["n"] for c in good.values()) == sum(len(v) for v in right["videos"].values()) > 0
+    assert all(c["actor"] == c["target"] == 1.0 and c["overlap"] < 0.2 for c in good.values())
+    assert all(c["actor"] == c["target"] == 0.0 for c in bad.values())
+    main(
+        [
+            "roles",
+            "--gt",
+            str(synth_root),
+            "--split",
+            "train",
+            "--pred",
+            str(save(right, tmp_path / "r.json")),
+        ]
+    )
+    assert "actor on its own" in capsys.readouterr().out
+
+
 def test_words_term_trains_the_vision_side_only(tiny_parts):
     """loss.words reaches the vision tower and the projector, never the embedding it scores against."""
     import copy

@@ -5,6 +5,7 @@ python -m train.probes.probe_words probe --model MODEL --data ROOT [--clips 300]
     [--group colour=red,green,... --group shape=circle,...]
 python -m train.probes.probe_words tower --model MODEL --data ROOT [--fresh] [--steps 1500] [--group ...]
 python -m train.probes.probe_words breakdown --gt ROOT --split test --pred RESULTS.json [--group ...]
+python -m train.probes.probe_words roles --gt ROOT --split test --pred RESULTS.json [--group ...]
 
 ``probe``: for each expression that names one object (caption type ``single``), the referent at
 four sites: its vision tokens (the mean over its keyframe grid cells) at the language model's
@@ -22,6 +23,12 @@ cells on its outline count), and prints the training loss and the validation acc
 
 ``breakdown``: J&F of a results file per caption type and per which group an expression names
 first (colour before shape; "neither" for those that name their referents by motion alone).
+
+``roles``: on the expressions with an actor and a target, how often each role's mask lies more on
+its own referent than on the other role's (mean IoU over the frames), and how much the two masks
+overlap each other, per group named. Near 50 % a model finds the pair but not which is which: the
+active and passive forms of one interaction ("a square chasing a circle", "a circle being chased
+by a square") then get the same two masks, and Actor and Target J&F come out equal.
 """
 
 from __future__ import annotations
@@ -30,9 +37,11 @@ import argparse
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from reviosa import rle
 from reviosa.data import InterRVOSDataset
 from reviosa.data.synth_render import COLOURS, SHAPES
 from reviosa.evaluation import evaluate_results
@@ -217,6 +226,37 @@ def breakdown(dataset: InterRVOSDataset, results: dict, groups: dict[str, tuple[
     return {k: (100 * sum(v) / len(v), len(v)) for k, v in sorted(cells.items())}
 
 
+def track_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean over frames of the IoU of two bool tracks (T, H, W); a frame where both are empty is 1."""
+    inter = (a & b).sum((1, 2))
+    union = (a | b).sum((1, 2))
+    return float(np.where(union > 0, inter / np.maximum(union, 1), 1.0).mean())
+
+
+def role_choices(dataset: InterRVOSDataset, results: dict, groups: dict[str, tuple[str, ...]]) -> dict:
+    """Per group named first: {"n", "actor", "target" (fraction of expressions whose role mask has
+    the higher IoU with its own referent than with the other role's), "overlap" (mean IoU of the
+    two predicted masks)}, over the expressions with a target and both roles predicted."""
+    videos = results.get("videos", {})
+    cells = defaultdict(lambda: defaultdict(list))
+    for sample in dataset.samples():
+        entry = videos.get(sample.video_id, {}).get(sample.exp_id)
+        if not sample.has_target or entry is None or entry.get("target") is None:
+            continue
+        size = sample.size
+        pred = {r: np.stack([rle.decode(m, size) for m in entry[r]]) for r in ("actor", "target")}
+        gt = {"actor": sample.actor_masks(), "target": sample.target_masks()}
+        level = next((g for g, words in groups.items() if named(sample.expression, words)), "neither")
+        cell = cells[level]
+        for role, other in (("actor", "target"), ("target", "actor")):
+            cell[role].append(track_iou(pred[role], gt[role]) > track_iou(pred[role], gt[other]))
+        cell["overlap"].append(track_iou(pred["actor"], pred["target"]))
+    return {
+        level: {"n": len(c["overlap"]), **{k: float(np.mean(v)) for k, v in c.items()}}
+        for level, c in sorted(cells.items())
+    }
+
+
 def parse_groups(specs: list[str] | None) -> dict[str, tuple[str, ...]]:
     if not specs:
         return dict(DEFAULT_GROUPS)
@@ -252,14 +292,21 @@ def main(argv: list[str] | None = None) -> None:
     b.add_argument("--gt", required=True)
     b.add_argument("--split", default="test")
     b.add_argument("--pred", required=True, help="results JSON of reviosa predict --dataset")
+    r = sub.add_parser("roles", help="does each role's mask lie on its own referent?")
+    r.add_argument("--gt", required=True)
+    r.add_argument("--split", default="test")
+    r.add_argument("--pred", required=True, help="results JSON of reviosa predict --dataset")
     for q in (p, t):
         q.add_argument("--config", default="train/recipes/builtin.yaml", help="clip sampling settings")
-    for q in (p, t, b):
+    for q in (p, t, b, r):
         q.add_argument("--group", action="append", help="NAME=word,word,... (repeatable)")
     args = parser.parse_args(argv)
     groups = parse_groups(args.group)
     if args.command == "breakdown":
         print_breakdown(breakdown(InterRVOSDataset(args.gt, args.split), load(Path(args.pred)), groups))
+        return
+    if args.command == "roles":
+        print_roles(role_choices(InterRVOSDataset(args.gt, args.split), load(Path(args.pred)), groups))
         return
     model = from_pretrained(args.model)
     cfg = load_config(args.config, [])
@@ -292,6 +339,14 @@ def print_breakdown(table: dict) -> None:
     print(f"{'caption type':16s} {'names':10s} {'benchmark':8s} {'J&F':>6s} {'n':>5s}")
     for (caption_type, level, bench), (jf, n) in table.items():
         print(f"{caption_type:16s} {level:10s} {bench:8s} {jf:6.1f} {n:5d}")
+
+
+def print_roles(table: dict) -> None:
+    print(
+        f"{'names':10s} {'n':>5s} {'actor on its own':>17s} {'target on its own':>18s} {'actor-target IoU':>17s}"
+    )
+    for level, c in table.items():
+        print(f"{level:10s} {c['n']:5d} {c['actor']:17.3f} {c['target']:18.3f} {c['overlap']:17.3f}")
 
 
 def print_probes(table: dict) -> None:
