@@ -10,5 +10,5 @@ LAYERS=${1:-6} STEPS=${2:-1500}
 OUT=runs/stage1_llm$LAYERS LOG=results/stages/levers/stage1_llm6
 mkdir -p "$OUT" && cp checkpoints/stage1/vision.safetensors "$OUT/"
 [ -f "$OUT/mllm.safetensors" ] || $PY -m train.stages.vl_pretrain --out "$OUT" --phase qa \
-  --model text.num_hidden_layers="$LAYERS" --qa-steps "$STEPS" --report ''
+  --model text.num_hidden_layers="$LAYERS" --qa-steps "$STEPS" --report '' 2>&1 | tee "$LOG/log.txt"
 cp "$OUT/qa.json" "$LOG/qa_llm$LAYERS.json"
