@@ -11,20 +11,16 @@ set -euo pipefail
 cd "$(dirname "$0")/../../../.."
 PY=.venv/bin/python
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
-LOG=results/stages/levers/stage3_sam_long S2=runs/stage2c_long S3=runs/stage3_sam_long S4=runs/stage4_sam_long
-[ -f "$S2/done" ] || bash results/stages/levers/stage2c_long/run.sh
+LOG=results/stages/levers/stage3_sam_long S2=results/stages/levers/stage2c_long S3=runs/stage3_sam_long S4=runs/stage4_sam_long
+# its SAM2 is committed there; without it, train it again (37 min)
+[ -f "$S2/sam.safetensors" ] || { bash "$S2/run.sh" && cp runs/stage2c_long/sam.safetensors "$S2/"; }
 $PY -m train.stages.sa2va --stage1 checkpoints/stage1 --stage2 "$S2" --out "$S3" \
   --steps 1000 --set eval.every=250 --report '' --resume 2>&1 | tee -a "$LOG/stage3.txt"
 cp "$S3/log.jsonl" "$LOG/stage3_log.jsonl"
-$PY - "$S3/log.jsonl" checkpoints/stage3/log.jsonl <<'PY'
-import json, sys
-def last(path):
-    evals = [r["eval"] for r in map(json.loads, open(path)) if "eval" in r]
-    return evals[-1]["actor_JF"], evals[-1]["rvos_JF"]
-new, old = last(sys.argv[1]), last(sys.argv[2])
-print(f"gate: stage 3 Actor/RVOS J&F {new[0]:.1f}/{new[1]:.1f} against committed {old[0]:.1f}/{old[1]:.1f}")
-sys.exit(0 if new[0] >= old[0] or new[1] >= old[1] else 1)
-PY
+$PY -c 'import sys; from pathlib import Path; from train.stages.finetune import last_eval
+(a, r), (a0, r0) = ((e["actor_JF"], e["rvos_JF"]) for e in (last_eval(Path(p)) for p in sys.argv[1:]))
+print(f"gate: stage 3 Actor/RVOS J&F {a:.1f}/{r:.1f} against committed {a0:.1f}/{r0:.1f}")
+sys.exit(0 if a >= a0 or r >= r0 else 1)' "$S3" checkpoints/stage3
 $PY -m train.stages.reviosa --stage3 "$S3" --out "$S4" --steps 300 --report '' \
   --resume 2>&1 | tee -a "$LOG/stage4.txt"
 cp "$S4/log.jsonl" "$LOG/stage4_log.jsonl"
