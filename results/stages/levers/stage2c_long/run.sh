@@ -6,6 +6,8 @@
 # warm-up and cosine at the recipe's rate; --seed 1 so prompts and strides are new draws; step 0 of
 # records.json is checkpoints/stage2c on these held-out clips). Resumable (--resume).
 #   bash results/stages/levers/stage2c_long/run.sh [STEPS]
+# Installed: scripts/reproduce_builtin.sh now runs it as stage 2d; its weights, log, records and
+# click probe moved to checkpoints/stage2d/ (this folder keeps the script and the lost first run's log).
 set -euo pipefail
 cd "$(dirname "$0")/../../../.."
 PY=.venv/bin/python
