@@ -252,6 +252,10 @@ def stage12(recipe, tmp_path_factory):
     sam_pretrain.main(["--out", str(root / "s2c"), "--init", str(root / "s2b" / "sam.safetensors"), "--steps", "2",
                        "--val-clips", "2", "--frames", "3", "--objects", "2", "--world", "--examples",
                        *common])  # fmt: skip
+    # the third phase continued from its own weights (stage 2d): a section of its own, not the third's
+    sam_pretrain.main(["--out", str(root / "s2d"), "--init", str(root / "s2c" / "sam.safetensors"), "--steps", "1",
+                       "--val-clips", "2", "--frames", "3", "--objects", "2", "--world", "--examples",
+                       "--seed", "1", *common])  # fmt: skip
     return root
 
 
@@ -435,7 +439,8 @@ def test_stages_3_to_5_run_from_the_stage_files_and_report(stage12, recipe, tmp_
         assert title in report
     assert report.index("Stage 1") < report.index("Stage 2") < report.index("Stage 2, second phase")
     assert (
-        report.index("Stage 2, second phase") < report.index("Stage 2, third phase") < report.index("Stage 3")
+        report.index("Stage 2, second phase") < report.index("Stage 2, third phase:")
+        < report.index("Stage 2, third phase continued") < report.index("Stage 3")
     )
     assert report.index("Stage 3") < report.index("Stage 5")
     assert "up to 2 objects each, every frame also clicked" in report

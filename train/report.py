@@ -17,9 +17,9 @@ from pathlib import Path
 
 REPORT_DIR = Path("results/stages")
 REPORT = "report.md"
-# Section files in pipeline order (train.stages.STAGES names them; stage 2's second and third
-# phases, sam_pretrain runs from an earlier phase's weights, write their own sections).
-STAGE2 = ("sam_pretrain", "sam_pretrain_objects", "sam_pretrain_world")
+# Section files in pipeline order (train.stages.STAGES names them; stage 2's later phases,
+# sam_pretrain runs from an earlier phase's weights, write their own sections).
+STAGE2 = ("sam_pretrain", "sam_pretrain_objects", "sam_pretrain_world", "sam_pretrain_world_more")
 ORDER = ("vl_pretrain", *STAGE2, "sa2va", "reviosa", "ablation")
 
 

@@ -612,6 +612,20 @@ def build_stage_sam(config: ReviosaConfig, seed: int = 0) -> nn.Module:
     return sam
 
 
+def report_section(cfg: SamPretrainConfig, init: str | None) -> tuple[str, str]:
+    """The report section (file stem, title) a run writes: each phase has its own, so that a later
+    phase never replaces an earlier one's. A world run from a world run's weights (its folder's
+    records.json says so) continues the third phase."""
+    if not (cfg.world or cfg.examples):
+        if init:
+            return "sam_pretrain_objects", "Stage 2, second phase: several objects, every frame clicked"
+        return "sam_pretrain", "Stage 2: promptable SAM2 pretraining"
+    records = Path(init).parent / RECORDS if init else None
+    if records is not None and records.is_file() and json.loads(records.read_text())["config"].get("world"):
+        return "sam_pretrain_world_more", "Stage 2, third phase continued: fresh prompt draws"
+    return "sam_pretrain_world", "Stage 2, third phase: the RVOS world's frames, example prompts"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m train.stages.sam_pretrain", description=__doc__.split("\n")[0]
@@ -654,14 +668,7 @@ def main(argv: list[str] | None = None) -> None:
                  f"{', every frame also from its example prompt' if cfg.examples else ''}; SAM2 input "
                  f"{config.sam.image_size} px{f'; from `{args.init}`' if args.init else ''}; weights in "
                  f"`{out / WEIGHTS}`.")  # fmt: skip
-        # A run from an earlier one's weights is stage 2's second phase, with its own section.
-        section, title = (
-            ("sam_pretrain_world", "Stage 2, third phase: the RVOS world's frames, example prompts")
-            if cfg.world or cfg.examples
-            else ("sam_pretrain_objects", "Stage 2, second phase: several objects, every frame clicked")
-            if args.init
-            else ("sam_pretrain", "Stage 2: promptable SAM2 pretraining")
-        )
+        section, title = report_section(cfg, args.init)
         report.write_section(section, title, command,
                              records[-1]["seconds"] if records else time.perf_counter() - t0,
                              gates(figures), figures, notes, Path(args.report))  # fmt: skip
