@@ -439,8 +439,10 @@ def test_stages_3_to_5_run_from_the_stage_files_and_report(stage12, recipe, tmp_
         assert title in report
     assert report.index("Stage 1") < report.index("Stage 2") < report.index("Stage 2, second phase")
     assert (
-        report.index("Stage 2, second phase") < report.index("Stage 2, third phase:")
-        < report.index("Stage 2, third phase continued") < report.index("Stage 3")
+        report.index("Stage 2, second phase")
+        < report.index("Stage 2, third phase:")
+        < report.index("Stage 2, third phase continued")
+        < report.index("Stage 3")
     )
     assert report.index("Stage 3") < report.index("Stage 5")
     assert "up to 2 objects each, every frame also clicked" in report
