@@ -22,7 +22,8 @@ def builtin():
 
 def test_builtin_loads_and_segments_per_frame(builtin):
     assert builtin.config.name == "reviosa-builtin"
-    # Stage 4 through SAM2's memory: RVOS 1-3 points lower on every test split, 2-3x slower (docs/training.md)
+    # Stage 4 through SAM2's memory: 1.8-6.1 J&F lower on every figure of every test split, 2-3x slower
+    # (docs/training.md)
     assert builtin.config.sam.propagation == "per_frame"
     # stage 4's pick on stage 3 (checkpoints/stage4/heads)
     assert builtin.config.attention_supervision.layer == 2
