@@ -6,7 +6,7 @@
 # recipe's defaults). The gate before stage 4: stage 3's step-1000 validation Actor or RVOS J&F at
 # least the stage 3 committed before it (34.98 / 42.09, checkpoints/stage3/log.jsonl at commit
 # c171ce3, replaced by this lever's stage 3 since); below both, stop.
-# Resumable: each stage resumes from its folder, and stage 2c_long's run.sh skips a finished run.
+# Resumable: each stage resumes from its folder.
 #   bash results/stages/levers/stage3_sam_long/run.sh
 # Installed: its stage 3 and 4 are checkpoints/stage3 and checkpoints/stage4, its stage-4 per-frame
 # export is reviosa/builtin; the SAM2 it trained on is checkpoints/stage2d/sam.safetensors.
@@ -15,8 +15,7 @@ cd "$(dirname "$0")/../../../.."
 PY=.venv/bin/python
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 LOG=results/stages/levers/stage3_sam_long S2=checkpoints/stage2d S3=runs/stage3_sam_long S4=runs/stage4_sam_long
-# its SAM2 is committed there; without it, train it again (37 min)
-[ -f "$S2/sam.safetensors" ] || { bash results/stages/levers/stage2c_long/run.sh && mkdir -p "$S2" && cp runs/stage2c_long/sam.safetensors "$S2/"; }
+# its SAM2 is committed there (scripts/reproduce_builtin.sh trains it again as stage 2d when missing)
 $PY -m train.stages.sa2va --stage1 checkpoints/stage1 --stage2 "$S2" --out "$S3" \
   --steps 1000 --set eval.every=250 --report '' --resume 2>&1 | tee -a "$LOG/stage3.txt"
 cp "$S3/log.jsonl" "$LOG/stage3_log.jsonl"
