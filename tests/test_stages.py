@@ -94,6 +94,36 @@ def test_questions_answer_what_the_clip_shows():
     assert seen == {"colour", "shape", "size", "position", "motion"}
 
 
+def test_packed_questions_score_as_one_row_per_question(recipe):
+    """A clip's questions share one row; each answer's logits, and which answers are right, are
+    those of the question asked alone through the model's own prompt path."""
+    from train.stages.clips import Backgrounds
+    from train.stages.vl_pretrain import QAConfig, answer_logits, answers_right, build, draw, make_batch
+
+    model = build(recipe, []).eval()
+    rng = np.random.default_rng(3)
+    clips, questions = draw(
+        rng, Backgrounds(rng, model.config.vision.image_size, 2), QAConfig(questions=5), 3
+    )
+    assert max(len(q) for q in questions) > 1
+    with torch.no_grad():
+        packed = make_batch(model, clips, questions)
+        logits = answer_logits(model, packed)
+        got = logits[:, :-1][packed.question[:, 1:] >= 0]
+        want, right = [], []
+        for clip, qs in zip(clips, questions, strict=True):
+            for q in qs:
+                alone = make_batch(model, [clip], [[q]])
+                mask = alone.attention_mask[:, 0, -1]  # the last row: keys of the whole sequence
+                embeds = model.embed(alone.input_ids, alone.pixels, alone.image_index)
+                plain = model.mllm.lm_head(model.hidden_states(embeds, mask.long()))  # the 2-D mask path
+                want.append(plain[:, :-1][alone.question[:, 1:] >= 0])
+                right.append(answers_right(plain, alone))
+    assert packed.input_ids.shape[0] == len(clips) and len(packed.kinds) == sum(map(len, questions))
+    torch.testing.assert_close(got, torch.cat(want), atol=1e-4, rtol=1e-4)
+    assert answers_right(logits, packed).tolist() == torch.cat(right).tolist()
+
+
 def test_token_position_probe_tells_placed_tokens_from_placeless_ones():
     from train.probes.token_position import position_probe
 

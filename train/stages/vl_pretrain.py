@@ -64,12 +64,13 @@ QA_STRIDE = 9  # keyframes 0, 9, 18, 27 of a 32-frame path: odd, so "shaking" ne
 class QAConfig:
     steps: int = 1500
     clips: int = 8  # clips per step
-    questions: int = 3  # questions per clip (they share its encoded frames)
+    questions: int = 3  # questions per clip, packed into its row (its vision tokens go through once)
     lr: float = 1e-3
     warmup: float = 0.05
     min_lr_ratio: float = 0.05
     min_visible: float = 0.5  # an object asked about shows this share of its area on frame 0
     val_clips: int = 200
+    val_questions: int = 3  # per held-out clip: the same 600 questions whatever ``questions`` is
     every: int = 250
     seed: int = 0
     # Learning rate of the vision tower and projector (0: frozen, the recipe). 600 steps with the
@@ -156,55 +157,90 @@ def qa_corpus() -> list[str]:
 
 @dataclass
 class QABatch:
-    """input_ids long (N, L) right-padded, attention_mask long (N, L), labels long (N, L) (-100 but
-    on the answer and its closing token, shifted by the caller), pixels float (C*K, 3, S, S),
-    image_index long (N*K,), kinds: the kind of each question."""
+    """One row per clip: its keyframes' prompt prefix, then each of its questions as its own
+    user turn and answer. Every turn attends the prefix and itself only, at the positions it would
+    have alone after the prefix, so a row equals one row per question while the clip's hundreds of
+    vision tokens go through the LLM once (``tests/test_stages.py``).
+
+    input_ids long (N, L) right-padded; attention_mask bool (N, 1, L, L), True where a query may
+    attend a key; position_ids long (N, L); labels long (N, L) (-100 but on each answer and its
+    closing token, shifted by the caller); question long (N, L): the question (0..Q-1, in
+    ``kinds`` order) whose answer token a label is, -1 elsewhere; pixels float (C*K, 3, S, S);
+    image_index long (C*K,); kinds: the kind of each question."""
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
+    position_ids: torch.Tensor
     labels: torch.Tensor
+    question: torch.Tensor
     pixels: torch.Tensor
     image_index: torch.Tensor
     kinds: list[str]
 
 
+def prefix_ids(model: ReviosaModel, frames: int) -> list[int]:
+    """The ReVIOSa user turn's opening: one image block per keyframe."""
+    tok, ids, cfg = model.tokenizer, model.processor.ids, model.config
+    out = tok.encode(f"{tokens.IM_START}user\n", add_special_tokens=False)
+    block = [ids.img_start] + [ids.img_context] * cfg.tokens_per_frame + [ids.img_end]
+    return out + (block + tok.encode("\n", add_special_tokens=False)) * frames
+
+
+def turn_ids(model: ReviosaModel, question: str) -> list[int]:
+    """``question`` as the user's text, closed, and the assistant's opening."""
+    tok = model.tokenizer
+    out = tok.encode(question, add_special_tokens=False, split_special_tokens=True)
+    return out + tok.encode(f"{tokens.IM_END}\n{tokens.IM_START}assistant\n", add_special_tokens=False)
+
+
 def question_ids(model: ReviosaModel, question: str, frames: int) -> list[int]:
     """The ReVIOSa prompt (one image block per keyframe) with ``question`` as the user's text."""
-    tok, ids, cfg = model.tokenizer, model.processor.ids, model.config
-    control = lambda text: tok.encode(text, add_special_tokens=False)  # noqa: E731
-    out = control(f"{tokens.IM_START}user\n")
-    block = [ids.img_start] + [ids.img_context] * cfg.tokens_per_frame + [ids.img_end] + control("\n")
-    out += block * frames
-    out += tok.encode(question, add_special_tokens=False, split_special_tokens=True)
-    return out + control(f"{tokens.IM_END}\n{tokens.IM_START}assistant\n")
+    return prefix_ids(model, frames) + turn_ids(model, question)
 
 
 def make_batch(model: ReviosaModel, clips: list[Clip], questions: list[list[Question]]) -> QABatch:
-    rows, labels, index, kinds = [], [], [], []
     frames = clips[0].frames.shape[0]
-    for c, qs in enumerate(questions):
-        for q in qs:
-            prompt = question_ids(model, q.text, frames)
-            answer = model.processor.answer_ids(q.answer)
-            rows.append(prompt + answer)
-            labels.append([-100] * len(prompt) + answer)
-            index += [c * frames + k for k in range(frames)]
+    prefix = prefix_ids(model, frames)
+    rows, kinds = [], []
+    for qs in questions:
+        ids, lab, turn, pos = list(prefix), [-100] * len(prefix), [0] * len(prefix), list(range(len(prefix)))
+        for t, q in enumerate(qs, start=1):
+            prompt, answer = turn_ids(model, q.text), model.processor.answer_ids(q.answer)
+            ids += prompt + answer
+            lab += [-100] * len(prompt) + answer
+            turn += [t] * (len(prompt) + len(answer))
+            pos += range(len(prefix), len(prefix) + len(prompt) + len(answer))
             kinds.append(q.kind)
-    width = max(len(r) for r in rows)
-    pad = model.processor.ids.pad
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    lab = torch.full((len(rows), width), -100, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, (r, lb) in enumerate(zip(rows, labels, strict=True)):
-        ids[i, : len(r)], lab[i, : len(r)], mask[i, : len(r)] = torch.tensor(r), torch.tensor(lb), 1
+        rows.append((ids, lab, turn, pos))
+    width = max(len(r[0]) for r in rows)
+    n = len(rows)
+    ids = torch.full((n, width), model.processor.ids.pad, dtype=torch.long)
+    lab = torch.full((n, width), -100, dtype=torch.long)
+    turn = torch.full((n, width), -1, dtype=torch.long)  # -1: padding
+    pos = torch.zeros((n, width), dtype=torch.long)
+    for i, (r, lb, tr, ps) in enumerate(rows):
+        ids[i, : len(r)], lab[i, : len(r)] = torch.tensor(r), torch.tensor(lb)
+        turn[i, : len(r)], pos[i, : len(r)] = torch.tensor(tr), torch.tensor(ps)
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    same = (turn[:, :, None] == turn[:, None, :]) & (turn[:, :, None] >= 0)
+    mask = causal & (same | (turn[:, None, :] == 0)) | torch.eye(width, dtype=torch.bool)  # pads: themselves
+    # each answer token's question, numbered over the batch in ``kinds`` order
+    first = torch.tensor([0] + [len(qs) for qs in questions]).cumsum(0)[:-1]
+    question = torch.where((lab >= 0) & (turn > 0), turn - 1 + first[:, None], -1)
     pixels = model.processor.mllm_pixels(np.concatenate([c.frames for c in clips]))
-    return QABatch(ids, mask, lab, pixels, torch.tensor(index), kinds)
+    index = torch.arange(len(clips) * frames)
+    return QABatch(ids, mask[:, None], pos, lab, question, pixels, index, kinds)
 
 
 def answer_logits(model: ReviosaModel, batch: QABatch) -> torch.Tensor:
-    """Next-token logits (N, L, V) of the whole sequences."""
+    """Next-token logits (N, L, V) of the whole rows."""
     embeds = model.embed(batch.input_ids.to(model.device), batch.pixels, batch.image_index)
-    hidden = model.hidden_states(embeds, batch.attention_mask.to(model.device))
+    hidden = model.language_model(
+        inputs_embeds=embeds,
+        attention_mask=batch.attention_mask.to(model.device),
+        position_ids=batch.position_ids.to(model.device),
+        use_cache=False,
+    ).last_hidden_state
     return model.mllm.lm_head(hidden)
 
 
@@ -213,19 +249,24 @@ def qa_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten().to(logits.device))
 
 
-def answers_right(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """bool (N,): every answer token is the argmax given the true prefix (greedy decoding would
-    write the answer exactly)."""
-    target = labels[:, 1:].to(logits.device)
-    hit = (logits[:, :-1].argmax(-1) == target) | (target == -100)
-    return hit.all(1)
+def answers_right(logits: torch.Tensor, batch: QABatch) -> torch.Tensor:
+    """bool (Q,): every answer token of a question is the argmax given the true prefix (greedy
+    decoding would write the answer exactly)."""
+    target = batch.labels[:, 1:].to(logits.device)
+    question = batch.question[:, 1:].to(logits.device)
+    miss = (logits[:, :-1].argmax(-1) != target) & (question >= 0)
+    wrong = torch.zeros(len(batch.kinds), dtype=torch.long, device=logits.device)
+    wrong.index_add_(0, question[miss], torch.ones_like(question[miss]))
+    return wrong == 0
 
 
-def draw(rng, backgrounds, cfg: QAConfig, count: int) -> tuple[list[Clip], list[list[Question]]]:
+def draw(
+    rng, backgrounds, cfg: QAConfig, count: int, per_clip: int | None = None
+) -> tuple[list[Clip], list[list[Question]]]:
     clips, questions = [], []
     while len(clips) < count:
         clip = random_clip(rng, backgrounds, 4, max_stride=QA_STRIDE, stride=QA_STRIDE)
-        qs = clip_questions(rng, clip, cfg.questions, cfg.min_visible)
+        qs = clip_questions(rng, clip, per_clip or cfg.questions, cfg.min_visible)
         if qs:
             clips.append(clip)
             questions.append(qs)
@@ -242,7 +283,7 @@ def qa_accuracy(model: ReviosaModel, val: tuple[list[Clip], list[list[Question]]
     clips, questions = val
     for i in range(0, len(clips), chunk):
         batch = make_batch(model, clips[i : i + chunk], questions[i : i + chunk])
-        ok = answers_right(answer_logits(model, batch), batch.labels)
+        ok = answers_right(answer_logits(model, batch), batch)
         for kind, good in zip(batch.kinds, ok.tolist(), strict=True):
             right[kind] += int(good)
             total[kind] += 1
@@ -274,7 +315,7 @@ def train_qa(model: ReviosaModel, cfg: QAConfig, log=logger.info) -> list[dict]:
     torch.manual_seed(cfg.seed)
     size = model.config.vision.image_size
     val_rng = np.random.default_rng([cfg.seed, 1])
-    val = draw(val_rng, Backgrounds(val_rng, size, 16), cfg, cfg.val_clips)
+    val = draw(val_rng, Backgrounds(val_rng, size, 16), cfg, cfg.val_clips, cfg.val_questions)
     rng = np.random.default_rng([cfg.seed, 0])
     backgrounds = Backgrounds(rng, size)
     groups = qa_param_groups(model, cfg.lr, cfg.vision_lr)
@@ -397,6 +438,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--qa-steps", type=int, default=QAConfig.steps)
     parser.add_argument("--qa-lr", type=float, default=QAConfig.lr)
     parser.add_argument("--qa-val-clips", type=int, default=QAConfig.val_clips)
+    parser.add_argument("--qa-clips", type=int, default=QAConfig.clips, help="clips per QA step")
+    parser.add_argument(
+        "--qa-questions", type=int, default=QAConfig.questions, help="questions per clip (one row a clip)"
+    )
     parser.add_argument(
         "--qa-vision-lr",
         type=float,
@@ -454,6 +499,8 @@ def train_phases(args, out: Path) -> None:
         steps=args.qa_steps,
         lr=args.qa_lr,
         val_clips=args.qa_val_clips,
+        clips=args.qa_clips,
+        questions=args.qa_questions,
         every=args.every,
         seed=args.seed,
         vision_lr=args.qa_vision_lr,
