@@ -88,7 +88,7 @@ def test_questions_answer_what_the_clip_shows():
                 if q.kind == "position":
                     x, y = clip.paths[k, 0]
                     expected = f"{'top' if y < 64 else 'bottom'} {'left' if x < 64 else 'right'}"
-                assert q.answer == expected, q
+                assert q.answer == expected and q.target == k, q
                 # The question never gives its answer away (the size one names both options).
                 assert q.answer not in q.text.replace("big or small", "")
     assert seen == {"colour", "shape", "size", "position", "motion"}
@@ -108,7 +108,7 @@ def test_packed_questions_score_as_one_row_per_question(recipe):
     assert max(len(q) for q in questions) > 1
     with torch.no_grad():
         packed = make_batch(model, clips, questions)
-        logits = answer_logits(model, packed)
+        logits = answer_logits(model, packed)[0]
         got = logits[:, :-1][packed.question[:, 1:] >= 0]
         want, right = [], []
         for clip, qs in zip(clips, questions, strict=True):
@@ -122,6 +122,49 @@ def test_packed_questions_score_as_one_row_per_question(recipe):
     assert packed.input_ids.shape[0] == len(clips) and len(packed.kinds) == sum(map(len, questions))
     torch.testing.assert_close(got, torch.cat(want), atol=1e-4, rtol=1e-4)
     assert answers_right(logits, packed).tolist() == torch.cat(right).tolist()
+
+
+def test_binding_term_reads_attention_on_the_object_asked_about(recipe):
+    """Each turn's asked position is the one that predicts its answer; attention wholly on the
+    asked object's cells scores share 1 (loss ~0), attention elsewhere share 0; the captured rows
+    respect the packed mask (a turn never attends another turn)."""
+    from train.stages.clips import Backgrounds
+    from train.stages.vl_pretrain import (
+        QAConfig,
+        answer_logits,
+        binding_loss,
+        build,
+        capture_of,
+        draw,
+        make_batch,
+    )
+
+    model = build(recipe, []).eval()
+    rng = np.random.default_rng(4)
+    clips, questions = draw(
+        rng, Backgrounds(rng, model.config.vision.image_size, 2), QAConfig(questions=4), 3
+    )
+    batch = make_batch(model, clips, questions)
+    for c, qs in enumerate(questions):
+        for t, q in enumerate(qs):
+            at = int(batch.asked[c, t])
+            assert batch.labels[c, at + 1] == model.processor.answer_ids(q.answer)[0]
+            assert torch.allclose(batch.cover[c, t].sum(), torch.tensor(0.0)) == (q.target < 0)
+    on = (batch.cover >= 1).float()[:, :, None, None]  # cells the object fills
+    rows_on = on / on.flatten(-3).sum(-1).clamp_min(1)[..., None, None, None]
+    rows_off = (batch.cover == 0).float()[:, :, None, None]
+    rows_off = rows_off / rows_off.flatten(-3).sum(-1)[..., None, None, None]
+    keep = (batch.cover >= 1).flatten(2).any(-1)  # questions whose object fills a whole cell
+    loss_on, share_on = binding_loss(rows_on, batch)
+    assert share_on.shape[0] == int(((batch.asked >= 0) & (batch.cover.flatten(2).sum(-1) > 0)).sum())
+    assert torch.allclose(share_on.flatten()[keep[(batch.asked >= 0) & (batch.cover.flatten(2).sum(-1) > 0)]],
+                          torch.tensor(1.0))  # fmt: skip
+    assert float(binding_loss(rows_off, batch)[1].max()) == 0.0
+    with torch.no_grad():
+        _, rows = answer_logits(model, batch, capture_of(model, QAConfig()))
+    assert rows.shape[:4] == (len(clips), batch.asked.shape[1], 1, 2)
+    share = binding_loss(rows, batch)[1]
+    assert bool(((share > 0) & (share < 1)).all())
 
 
 def test_token_position_probe_tells_placed_tokens_from_placeless_ones():

@@ -30,6 +30,7 @@ held-out attribute and motion questions >= 90 % (exact answers, each kind on its
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import shlex
@@ -49,6 +50,7 @@ from reviosa.data.synth_motion import SINGLE_MOTIONS
 from reviosa.modeling import ReviosaModel
 from reviosa.tokenizer import build_tokenizer
 from train import report
+from train.data import coverage
 from train.stages import vision_tower
 from train.stages.clips import Backgrounds, Clip, full_area, random_clip
 from train.stages.common import RECIPE, load_parts, save_parts, stage_model_config
@@ -78,6 +80,12 @@ class QAConfig:
     # tower taught each token's cell (probe 0.86) did not raise those answers either: the language
     # model is the limit (docs/training.md, "Seventh session", "Eighth and ninth sessions").
     vision_lr: float = 0.0
+    # Weight of the binding term: the answer's query position, in ``attention_layer``'s
+    # ``attention_heads``, must put its attention over the vision tokens on the object asked about
+    # (-log of that share). 0: off (the committed stage 1).
+    attention: float = 0.0
+    attention_layer: int = -1
+    attention_heads: tuple[int, ...] = (0, 1)
 
 
 @dataclass(frozen=True)
@@ -85,6 +93,7 @@ class Question:
     text: str
     answer: str
     kind: str
+    target: int = -1  # the object asked about (its index in the clip)
 
 
 # --- questions --------------------------------------------------------------------------------
@@ -110,21 +119,21 @@ def questions_about(clip: Clip, k: int, size: int) -> list[Question]:
     out: list[Question] = []
     for attrs in (("shape",), ("size", "shape")):
         if _unique(clip, k, attrs):
-            out.append(Question(f"what colour is {_name(clip, k, attrs)}?", look.colour, "colour"))
+            out.append(Question(f"what colour is {_name(clip, k, attrs)}?", look.colour, "colour", k))
             break
     for attrs in (("colour",), ("size", "colour")):
         if _unique(clip, k, attrs):
-            out.append(Question(f"what shape is {_name(clip, k, attrs)}?", look.shape, "shape"))
+            out.append(Question(f"what shape is {_name(clip, k, attrs)}?", look.shape, "shape", k))
             break
     if _unique(clip, k, ("colour", "shape")):
         name = _name(clip, k, ("colour", "shape"))
-        out.append(Question(f"is {name} big or small?", look.size, "size"))
+        out.append(Question(f"is {name} big or small?", look.size, "size", k))
         x, y = clip.paths[k, 0]
         if min(abs(x - size / 2), abs(y - size / 2)) > look.radius:  # clearly in one quadrant
             place = f"{'top' if y < size / 2 else 'bottom'} {'left' if x < size / 2 else 'right'}"
-            out.append(Question(f"where is {name}?", place, "position"))
+            out.append(Question(f"where is {name}?", place, "position", k))
         if clip.motions[k] in SINGLE_MOTIONS:
-            out.append(Question(f"how does {name} move?", MOTION_PHRASES[clip.motions[k]], "motion"))
+            out.append(Question(f"how does {name} move?", MOTION_PHRASES[clip.motions[k]], "motion", k))
     return out
 
 
@@ -166,7 +175,9 @@ class QABatch:
     attend a key; position_ids long (N, L); labels long (N, L) (-100 but on each answer and its
     closing token, shifted by the caller); question long (N, L): the question (0..Q-1, in
     ``kinds`` order) whose answer token a label is, -1 elsewhere; pixels float (C*K, 3, S, S);
-    image_index long (C*K,); kinds: the kind of each question."""
+    image_index long (C*K,); kinds: the kind of each question; asked long (N, Q): each turn's last
+    prompt position (the one that predicts its answer), -1 past a row's turns; cover float (N, Q,
+    K, g, g): the share of each vision token's cell the object asked about covers."""
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
@@ -176,6 +187,8 @@ class QABatch:
     pixels: torch.Tensor
     image_index: torch.Tensor
     kinds: list[str]
+    asked: torch.Tensor
+    cover: torch.Tensor
 
 
 def prefix_ids(model: ReviosaModel, frames: int) -> list[int]:
@@ -202,10 +215,17 @@ def make_batch(model: ReviosaModel, clips: list[Clip], questions: list[list[Ques
     frames = clips[0].frames.shape[0]
     prefix = prefix_ids(model, frames)
     rows, kinds = [], []
-    for qs in questions:
+    most = max(len(qs) for qs in questions)
+    asked = torch.full((len(questions), most), -1, dtype=torch.long)
+    g = model.config.grid
+    cover = torch.zeros(len(questions), most, frames, g, g)
+    for c, (clip, qs) in enumerate(zip(clips, questions, strict=True)):
         ids, lab, turn, pos = list(prefix), [-100] * len(prefix), [0] * len(prefix), list(range(len(prefix)))
         for t, q in enumerate(qs, start=1):
             prompt, answer = turn_ids(model, q.text), model.processor.answer_ids(q.answer)
+            asked[c, t - 1] = len(ids) + len(prompt) - 1
+            if q.target >= 0:
+                cover[c, t - 1] = coverage(clip.masks(q.target), g)
             ids += prompt + answer
             lab += [-100] * len(prompt) + answer
             turn += [t] * (len(prompt) + len(answer))
@@ -229,19 +249,40 @@ def make_batch(model: ReviosaModel, clips: list[Clip], questions: list[list[Ques
     question = torch.where((lab >= 0) & (turn > 0), turn - 1 + first[:, None], -1)
     pixels = model.processor.mllm_pixels(np.concatenate([c.frames for c in clips]))
     index = torch.arange(len(clips) * frames)
-    return QABatch(ids, mask[:, None], pos, lab, question, pixels, index, kinds)
+    return QABatch(ids, mask[:, None], pos, lab, question, pixels, index, kinds, asked, cover)
 
 
-def answer_logits(model: ReviosaModel, batch: QABatch) -> torch.Tensor:
-    """Next-token logits (N, L, V) of the whole rows."""
-    embeds = model.embed(batch.input_ids.to(model.device), batch.pixels, batch.image_index)
-    hidden = model.language_model(
-        inputs_embeds=embeds,
-        attention_mask=batch.attention_mask.to(model.device),
-        position_ids=batch.position_ids.to(model.device),
-        use_cache=False,
-    ).last_hidden_state
-    return model.mllm.lm_head(hidden)
+def answer_logits(
+    model: ReviosaModel, batch: QABatch, capture: dict | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Next-token logits (N, L, V) of the whole rows and, when ``capture`` (AttentionCapture's
+    ``layers`` / ``heads``) is given, the asked positions' attention rows (N, Q, NL, NH, K, g, g)."""
+    input_ids = batch.input_ids.to(model.device)
+    embeds = model.embed(input_ids, batch.pixels, batch.image_index)
+    holder: dict = {}
+    factory = model._capture_factory(input_ids, batch.asked, holder, **capture) if capture else None
+    with factory() if factory else contextlib.nullcontext():
+        hidden = model.language_model(
+            inputs_embeds=embeds,
+            attention_mask=batch.attention_mask.to(model.device),
+            position_ids=batch.position_ids.to(model.device),
+            use_cache=False,
+        ).last_hidden_state
+    rows = holder["rows"].rows if capture else None
+    return model.mllm.lm_head(hidden), rows
+
+
+def binding_loss(rows: torch.Tensor, batch: QABatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """-log of the share of each asked position's vision attention that lands on the object asked
+    about, mean over questions and heads; and that share (Q', NL, NH) for the records.
+
+    rows: float (N, Q, NL, NH, K, g, g) from ``answer_logits``."""
+    cover = batch.cover.to(rows)[:, :, None, None]  # (N, Q, 1, 1, K, g, g)
+    on = (rows * cover).flatten(-3).sum(-1)
+    share = on / rows.flatten(-3).sum(-1).clamp_min(1e-8)  # (N, Q, NL, NH)
+    asked = (batch.asked >= 0) & (batch.cover.flatten(2).sum(-1) > 0)
+    share = share[asked.to(share.device)]
+    return -(share + 1e-6).log().mean(), share.detach()
 
 
 def qa_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -273,24 +314,38 @@ def draw(
     return clips, questions
 
 
+def capture_of(model: ReviosaModel, cfg: QAConfig) -> dict:
+    """AttentionCapture's arguments for the binding term's layer and heads."""
+    layers = model.config.text.num_hidden_layers
+    return {"layers": [cfg.attention_layer % layers], "heads": list(cfg.attention_heads)}
+
+
 @torch.no_grad()
-def qa_accuracy(model: ReviosaModel, val: tuple[list[Clip], list[list[Question]]], chunk: int = 16) -> dict:
-    """Per question kind, the share of held-out questions answered exactly."""
+def qa_accuracy(
+    model: ReviosaModel, val: tuple[list[Clip], list[list[Question]]], cfg: QAConfig, chunk: int = 16
+) -> dict:
+    """Per question kind, the share of held-out questions answered exactly; and ``qa_binding``: the
+    mean share of the binding term's heads' vision attention on the object asked about."""
     right = dict.fromkeys(KINDS, 0)
     total = dict.fromkeys(KINDS, 0)
+    shares = []
     was = model.training
     model.eval()
     clips, questions = val
     for i in range(0, len(clips), chunk):
         batch = make_batch(model, clips[i : i + chunk], questions[i : i + chunk])
-        ok = answers_right(answer_logits(model, batch), batch)
+        logits, rows = answer_logits(model, batch, capture_of(model, cfg))
+        shares.append(binding_loss(rows, batch)[1].flatten())
+        ok = answers_right(logits, batch)
         for kind, good in zip(batch.kinds, ok.tolist(), strict=True):
             right[kind] += int(good)
             total[kind] += 1
     model.train(was)
-    return {f"qa_{k}": right[k] / total[k] for k in KINDS if total[k]} | {
-        f"qa_{k}_n": float(total[k]) for k in KINDS
-    }
+    return (
+        {f"qa_{k}": right[k] / total[k] for k in KINDS if total[k]}
+        | {f"qa_{k}_n": float(total[k]) for k in KINDS}
+        | {"qa_binding": float(torch.cat(shares).mean())}
+    )
 
 
 def qa_param_groups(model: ReviosaModel, lr: float, vision_lr: float) -> list[dict]:
@@ -330,10 +385,15 @@ def train_qa(model: ReviosaModel, cfg: QAConfig, log=logger.info) -> list[dict]:
         ),
     )
     model.train()
-    records, losses, t0 = [], [], time.perf_counter()
+    records, losses, shares, t0 = [], [], [], time.perf_counter()
     for step in range(1, cfg.steps + 1):
         batch = make_batch(model, *draw(rng, backgrounds, cfg, cfg.clips))
-        loss = qa_loss(answer_logits(model, batch), batch.labels)
+        logits, rows = answer_logits(model, batch, capture_of(model, cfg) if cfg.attention else None)
+        loss = qa_loss(logits, batch.labels)
+        if rows is not None:
+            bind, share = binding_loss(rows, batch)
+            loss = loss + cfg.attention * bind
+            shares.append(float(share.mean()))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -341,10 +401,12 @@ def train_qa(model: ReviosaModel, cfg: QAConfig, log=logger.info) -> list[dict]:
         sched.step()
         losses.append(float(loss.detach()))
         if step % cfg.every == 0 or step == cfg.steps:
-            record = {"step": step, "loss": float(np.mean(losses)), **qa_accuracy(model, val)}
+            record = {"step": step, "loss": float(np.mean(losses)), **qa_accuracy(model, val, cfg)}
+            if shares:
+                record["binding_train"] = float(np.mean(shares))
             record["seconds"] = time.perf_counter() - t0
             records.append(record)
-            losses = []
+            losses, shares = [], []
             log(" ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
     return records
 
@@ -449,6 +511,14 @@ def main(argv: list[str] | None = None) -> None:
         help="train the tower and projector in QA too",
     )
     parser.add_argument(
+        "--qa-attention",
+        type=float,
+        default=QAConfig.attention,
+        help="weight of the binding term (answer attention on the object asked about)",
+    )
+    parser.add_argument("--qa-attention-layer", type=int, default=QAConfig.attention_layer)
+    parser.add_argument("--qa-attention-heads", type=int, nargs="+", default=list(QAConfig.attention_heads))
+    parser.add_argument(
         "--init",
         help="phase qa: start from this stage-1 folder's mllm.safetensors (tower included) instead of "
         "OUT's vision.safetensors; phase tower: start the tower from its vision.safetensors",
@@ -504,6 +574,9 @@ def train_phases(args, out: Path) -> None:
         every=args.every,
         seed=args.seed,
         vision_lr=args.qa_vision_lr,
+        attention=args.qa_attention,
+        attention_layer=args.qa_attention_layer,
+        attention_heads=tuple(args.qa_attention_heads),
     )
     qa_records = train_qa(model, qcfg)
     save_mllm(model, out)
