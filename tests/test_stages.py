@@ -167,6 +167,22 @@ def test_binding_term_reads_attention_on_the_object_asked_about(recipe):
     assert bool(((share > 0) & (share < 1)).all())
 
 
+def test_binding_probe_counts_every_question_once(recipe):
+    from train.probes.qa_binding import binding_report
+    from train.stages.clips import Backgrounds
+    from train.stages.vl_pretrain import QAConfig, build, draw
+
+    model = build(recipe, [])
+    rng = np.random.default_rng(5)
+    clips, questions = draw(rng, Backgrounds(rng, model.config.vision.image_size, 2), QAConfig(), 7)
+    tally, share, even = binding_report(model, clips, questions, chunk=3)
+    assert sum(t for _r, t in tally.values()) == sum(map(len, questions))
+    assert {n for _k, n in tally} <= {1, 2, 3} and all(0 <= r <= t for r, t in tally.values())
+    cfg = model.config.text
+    assert share.shape == (cfg.num_hidden_layers, cfg.num_attention_heads)
+    assert bool(((share > 0) & (share < 1)).all()) and 0 < even < 1
+
+
 def test_token_position_probe_tells_placed_tokens_from_placeless_ones():
     from train.probes.token_position import position_probe
 
