@@ -168,7 +168,7 @@ def test_binding_term_reads_attention_on_the_object_asked_about(recipe):
 
 
 def test_binding_probe_counts_every_question_once(recipe):
-    from train.probes.qa_binding import binding_report
+    from train.probes.qa_binding import binding_report, name_probe
     from train.stages.clips import Backgrounds
     from train.stages.vl_pretrain import QAConfig, build, draw
 
@@ -181,6 +181,10 @@ def test_binding_probe_counts_every_question_once(recipe):
     cfg = model.config.text
     assert share.shape == (cfg.num_hidden_layers, cfg.num_attention_heads)
     assert bool(((share > 0) & (share < 1)).all()) and 0 < even < 1
+    names = name_probe(model, clips, questions, chunk=3)
+    assert set(names) == {"colour", "shape"}
+    for rows in names.values():
+        assert len(rows) == cfg.num_hidden_layers + 1 and all(0 <= a <= 1 and 0 < c <= 1 for a, c in rows)
 
 
 def test_token_position_probe_tells_placed_tokens_from_placeless_ones():

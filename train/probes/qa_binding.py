@@ -7,7 +7,10 @@ question kind, the share answered exactly on clips of one, two and three or more
 one-object clip needs no lookup; answering from the scene at large scores about 1 / objects on
 the others), and, per layer and head, the mean share of the answer position's vision attention
 that lands on the object asked about (attention spread evenly over the vision tokens would give
-the "even" figure; spread evenly over the clip's objects, about 1 / objects).
+the "even" figure). With ``--names``, also whether the answer position knows what the question
+named: a linear probe from its state after each layer to the asked object's colour (questions
+that name it: all but the colour ones) and shape (all but the shape ones), fitted on 80 % of the
+questions of fresh clips, scored on the rest, beside the share of the commonest answer.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from collections import defaultdict
 import numpy as np
 import torch
 
+from train.probes.probe_words import fit_probe
 from train.stages import vl_pretrain
 from train.stages.clips import Backgrounds
 from train.stages.common import RECIPE
@@ -54,6 +58,43 @@ def binding_report(model, clips, questions, chunk: int = 20) -> tuple[dict, torc
     return dict(tally), torch.cat(shares).mean(0), float(torch.cat(even).mean())
 
 
+@torch.no_grad()
+def name_probe(model, clips, questions, chunk: int = 20) -> dict[str, list[tuple[float, float]]]:
+    """Per named attribute (colour, shape): (held-out probe accuracy, commonest-class share) of the
+    answer position's state after each layer (index 0: the embeddings)."""
+    states, looks = [], []
+    model.eval()
+    for i in range(0, len(clips), chunk):
+        part_clips, part_questions = clips[i : i + chunk], questions[i : i + chunk]
+        batch = vl_pretrain.make_batch(model, part_clips, part_questions)
+        embeds = model.embed(batch.input_ids, batch.pixels, batch.image_index)
+        out = model.language_model(
+            inputs_embeds=embeds,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+            use_cache=False,
+            output_hidden_states=True,
+        )
+        hidden = torch.stack(out.hidden_states, 1)  # (N, NL+1, L, D)
+        for c, (clip, qs) in enumerate(zip(part_clips, part_questions, strict=True)):
+            for t, q in enumerate(qs):
+                states.append(hidden[c, :, int(batch.asked[c, t])].float())
+                looks.append((q.kind, clip.looks[q.target]))
+    out: dict[str, list[tuple[float, float]]] = {}
+    for attr in ("colour", "shape"):
+        keep = [i for i, (kind, _look) in enumerate(looks) if kind != attr]
+        names = sorted({getattr(looks[i][1], attr) for i in keep})
+        y = torch.tensor([names.index(getattr(looks[i][1], attr)) for i in keep])
+        x = torch.stack([states[i] for i in keep])  # (M, NL+1, D)
+        cut = int(0.8 * len(keep))
+        common = float(torch.bincount(y[cut:]).max()) / max(1, len(y) - cut)
+        out[attr] = [
+            (fit_probe(x[:cut, j], y[:cut], x[cut:, j], y[cut:], len(names))[1], common)
+            for j in range(x.shape[1])
+        ]
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m train.probes.qa_binding", description=__doc__.split("\n")[0]
@@ -61,6 +102,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mllm", required=True, help="a stage-1 mllm.safetensors")
     parser.add_argument("--recipe", default=RECIPE)
     parser.add_argument("--model", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument(
+        "--names",
+        type=int,
+        default=0,
+        metavar="CLIPS",
+        help="probe the named attributes on this many fresh clips",
+    )
     args = parser.parse_args(argv)
     model = vl_pretrain.build(args.recipe, args.model)
     vl_pretrain.load_mllm(model, args.mllm)
@@ -73,6 +121,17 @@ def main(argv: list[str] | None = None) -> None:
     print(f"answer position's vision attention on the asked object, per head (even: {even:.3f})")
     for layer, row in enumerate(share.tolist()):
         print(f"  layer {layer}:", " ".join(f"{x:.3f}" for x in row))
+    if args.names:
+        cfg = vl_pretrain.QAConfig(questions=8)
+        rng = np.random.default_rng([cfg.seed, 2])  # neither the training nor the held-out draw
+        fresh = vl_pretrain.draw(rng, Backgrounds(rng, model.config.vision.image_size, 16), cfg, args.names)
+        print("the answer position's state reads the named attribute (held-out; commonest answer)")
+        for attr, rows in name_probe(model, *fresh).items():
+            cells = ", ".join(
+                f"after layer {j}: {acc:.2f}" if j else f"embedding: {acc:.2f}"
+                for j, (acc, _c) in enumerate(rows)
+            )
+            print(f"  {attr}: {cells} (commonest {rows[0][1]:.2f})")
 
 
 if __name__ == "__main__":
