@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from reviosa import tokens
+from reviosa.attention import AttentionCapture, vision_positions_from_ids
 from reviosa.data.synth import expression_corpus
 from reviosa.data.synth_language import MOTION_PHRASES
 from reviosa.data.synth_motion import SINGLE_MOTIONS
@@ -259,17 +260,20 @@ def answer_logits(
     ``layers`` / ``heads``) is given, the asked positions' attention rows (N, Q, NL, NH, K, g, g)."""
     input_ids = batch.input_ids.to(model.device)
     embeds = model.embed(input_ids, batch.pixels, batch.image_index)
-    holder: dict = {}
-    factory = model._capture_factory(input_ids, batch.asked, holder, **capture) if capture else None
-    with factory() if factory else contextlib.nullcontext():
+    cap = None
+    if capture:
+        vision = vision_positions_from_ids(input_ids, model.processor.ids.img_context, model.config.grid)
+        cap = AttentionCapture(
+            model.language_model, batch.asked.to(model.device), vision, model.config.grid, **capture
+        )
+    with cap if cap else contextlib.nullcontext():
         hidden = model.language_model(
             inputs_embeds=embeds,
             attention_mask=batch.attention_mask.to(model.device),
             position_ids=batch.position_ids.to(model.device),
             use_cache=False,
         ).last_hidden_state
-    rows = holder["rows"].rows if capture else None
-    return model.mllm.lm_head(hidden), rows
+    return model.mllm.lm_head(hidden), cap.result().rows if cap else None
 
 
 def binding_loss(rows: torch.Tensor, batch: QABatch) -> tuple[torch.Tensor, torch.Tensor]:
