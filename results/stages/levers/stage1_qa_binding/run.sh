@@ -17,6 +17,4 @@ S1=runs/stage1_qa_binding S3=runs/stage3_qa_binding
   --qa-attention "$WEIGHT" --every 250 --report '' 2>&1 | tee "$LOG/stage1.txt"
 cp "$S1/qa.json" "$LOG/" && mkdir -p "$LOG/stage1" && cp -r "$S1/mllm.safetensors" "$S1/tokenizer" "$LOG/stage1/"
 [ "${RUN_STAGE3:-0}" = 1 ] || exit 0
-$PY -m train.stages.sa2va --stage1 "$S1" --stage2 checkpoints/stage2d --out "$S3" \
-  --steps 1000 --set eval.every=250 --report '' --resume 2>&1 | tee -a "$LOG/stage3.txt"
-cp "$S3/log.jsonl" "$LOG/stage3_log.jsonl"
+STOP_AFTER_STAGE3=1 bash results/stages/levers/stages34.sh "$S1" checkpoints/stage2d "$S3" runs/stage4_qa_binding "$LOG" 0 0

@@ -18,15 +18,4 @@ S1=runs/stage1_qa_packed S3=runs/stage3_qa_packed S4=runs/stage4_qa_packed
   --qa-steps "$STEPS" --qa-clips 16 --qa-questions 8 --every 250 --report '' 2>&1 | tee "$LOG/stage1.txt"
 cp "$S1/qa.json" "$LOG/" && mkdir -p "$LOG/stage1" && cp -r "$S1/mllm.safetensors" "$S1/tokenizer" "$LOG/stage1/"
 [ "${STOP_AFTER_STAGE1:-0}" = 1 ] && exit 0
-$PY -m train.stages.sa2va --stage1 "$S1" --stage2 checkpoints/stage2d --out "$S3" \
-  --steps 1000 --set eval.every=250 --report '' --resume 2>&1 | tee -a "$LOG/stage3.txt"
-cp "$S3/log.jsonl" "$LOG/stage3_log.jsonl"
-$PY -c 'import sys; from pathlib import Path; from train.stages.finetune import last_eval
-e = last_eval(Path(sys.argv[1])); a, r, a0, r0 = e["actor_JF"], e["rvos_JF"], 38.7, 44.7
-print(f"gate: stage 3 Actor/RVOS J&F {a:.1f}/{r:.1f} against the committed stage 3 {a0:.1f}/{r0:.1f}")
-sys.exit(0 if a >= a0 or r >= r0 else 1)' "$S3"
-$PY -m train.stages.reviosa --stage3 "$S3" --out "$S4" --steps 300 --report '' \
-  --resume 2>&1 | tee -a "$LOG/stage4.txt"
-cp "$S4/log.jsonl" "$LOG/stage4_log.jsonl"
-bash scripts/score_candidate.sh "$S4" 30 1 2 3
-mkdir -p "$LOG/eval" && cp "$S4"/per_frame/eval/*.txt "$S4"/per_frame/eval/scores_*.json "$LOG/eval/"
+bash results/stages/levers/stages34.sh "$S1" checkpoints/stage2d "$S3" "$S4" "$LOG" 38.7 44.7

@@ -16,15 +16,4 @@ PY=.venv/bin/python
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 LOG=results/stages/levers/stage3_sam_long S2=checkpoints/stage2d S3=runs/stage3_sam_long S4=runs/stage4_sam_long
 # its SAM2 is committed there (scripts/reproduce_builtin.sh trains it again as stage 2d when missing)
-$PY -m train.stages.sa2va --stage1 checkpoints/stage1 --stage2 "$S2" --out "$S3" \
-  --steps 1000 --set eval.every=250 --report '' --resume 2>&1 | tee -a "$LOG/stage3.txt"
-cp "$S3/log.jsonl" "$LOG/stage3_log.jsonl"
-$PY -c 'import sys; from pathlib import Path; from train.stages.finetune import last_eval
-e = last_eval(Path(sys.argv[1])); a, r, a0, r0 = e["actor_JF"], e["rvos_JF"], 34.98, 42.09
-print(f"gate: stage 3 Actor/RVOS J&F {a:.1f}/{r:.1f} against the old stage 3 {a0:.1f}/{r0:.1f}")
-sys.exit(0 if a >= a0 or r >= r0 else 1)' "$S3"
-$PY -m train.stages.reviosa --stage3 "$S3" --out "$S4" --steps 300 --report '' \
-  --resume 2>&1 | tee -a "$LOG/stage4.txt"
-cp "$S4/log.jsonl" "$LOG/stage4_log.jsonl"
-bash scripts/score_candidate.sh "$S4" 30 1 2 3
-mkdir -p "$LOG/eval" && cp "$S4"/per_frame/eval/*.txt "$S4"/per_frame/eval/scores_*.json "$LOG/eval/"
+bash results/stages/levers/stages34.sh checkpoints/stage1 "$S2" "$S3" "$S4" "$LOG" 34.98 42.09
