@@ -43,13 +43,12 @@ def binding_report(model, clips, questions, chunk: int = 20) -> tuple[dict, torc
     tally: dict = defaultdict(lambda: [0, 0])
     shares, even = [], []
     model.eval()
-    for i in range(0, len(clips), chunk):
-        part_clips, part_questions = clips[i : i + chunk], questions[i : i + chunk]
-        batch = vl_pretrain.make_batch(model, part_clips, part_questions)
-        logits, rows = vl_pretrain.answer_logits(model, batch, capture)
+    for part_clips, part_questions, ok, rows, batch in vl_pretrain.scored_chunks(
+        model, clips, questions, capture, chunk
+    ):
         shares.append(vl_pretrain.binding_loss(rows, batch)[1])
         even.append(vl_pretrain.binding_loss(torch.ones_like(rows), batch)[1][:, 0, 0])
-        right = iter(vl_pretrain.answers_right(logits, batch).tolist())
+        right = iter(ok.tolist())
         for clip, qs in zip(part_clips, part_questions, strict=True):
             for q in qs:
                 cell = tally[(q.kind, min(len(clip.looks), 3))]

@@ -94,7 +94,7 @@ class Question:
     text: str
     answer: str
     kind: str
-    target: int = -1  # the object asked about (its index in the clip)
+    target: int  # the object asked about (its index in the clip)
 
 
 # --- questions --------------------------------------------------------------------------------
@@ -225,8 +225,7 @@ def make_batch(model: ReviosaModel, clips: list[Clip], questions: list[list[Ques
         for t, q in enumerate(qs, start=1):
             prompt, answer = turn_ids(model, q.text), model.processor.answer_ids(q.answer)
             asked[c, t - 1] = len(ids) + len(prompt) - 1
-            if q.target >= 0:
-                cover[c, t - 1] = coverage(clip.masks(q.target), g)
+            cover[c, t - 1] = coverage(clip.masks(q.target), g)
             ids += prompt + answer
             lab += [-100] * len(prompt) + answer
             turn += [t] * (len(prompt) + len(answer))
@@ -325,6 +324,18 @@ def capture_of(model: ReviosaModel, cfg: QAConfig) -> dict:
 
 
 @torch.no_grad()
+def scored_chunks(
+    model: ReviosaModel, clips: list[Clip], questions: list[list[Question]], capture: dict, chunk: int
+):
+    """Per chunk of clips: its clips, its questions, which answers are right (bool (Q,)), the
+    asked positions' attention rows (``answer_logits``) and its batch."""
+    for i in range(0, len(clips), chunk):
+        part_clips, part_questions = clips[i : i + chunk], questions[i : i + chunk]
+        batch = make_batch(model, part_clips, part_questions)
+        logits, rows = answer_logits(model, batch, capture)
+        yield part_clips, part_questions, answers_right(logits, batch), rows, batch
+
+
 def qa_accuracy(
     model: ReviosaModel, val: tuple[list[Clip], list[list[Question]]], cfg: QAConfig, chunk: int = 16
 ) -> dict:
@@ -335,15 +346,11 @@ def qa_accuracy(
     shares = []
     was = model.training
     model.eval()
-    clips, questions = val
-    for i in range(0, len(clips), chunk):
-        batch = make_batch(model, clips[i : i + chunk], questions[i : i + chunk])
-        logits, rows = answer_logits(model, batch, capture_of(model, cfg))
+    for _clips, part, ok, rows, batch in scored_chunks(model, *val, capture_of(model, cfg), chunk):
         shares.append(binding_loss(rows, batch)[1].flatten())
-        ok = answers_right(logits, batch)
-        for kind, good in zip(batch.kinds, ok.tolist(), strict=True):
-            right[kind] += int(good)
-            total[kind] += 1
+        for q, good in zip((q for qs in part for q in qs), ok.tolist(), strict=True):
+            right[q.kind] += int(good)
+            total[q.kind] += 1
     model.train(was)
     return (
         {f"qa_{k}": right[k] / total[k] for k in KINDS if total[k]}
