@@ -161,7 +161,7 @@ def test_binding_term_reads_attention_on_the_object_asked_about(recipe):
                           torch.tensor(1.0))  # fmt: skip
     assert float(binding_loss(rows_off, batch)[1].max()) == 0.0
     with torch.no_grad():
-        _, rows = answer_logits(model, batch, capture_of(model, QAConfig()))
+        _, rows, _ = answer_logits(model, batch, capture_of(model, QAConfig()))
     assert rows.shape[:4] == (len(clips), batch.asked.shape[1], 1, 2)
     share = binding_loss(rows, batch)[1]
     assert bool(((share > 0) & (share < 1)).all())
@@ -185,6 +185,49 @@ def test_binding_probe_counts_every_question_once(recipe):
     assert set(names) == {"colour", "shape"}
     for rows in names.values():
         assert len(rows) == cfg.num_hidden_layers + 1 and all(0 <= a <= 1 and 0 < c <= 1 for a, c in rows)
+
+
+def test_name_term_reads_what_each_question_names(recipe):
+    """Each turn's name targets are the asked object's colour and shape, except the attribute it
+    asks about, and both words stand in the question; the states handed to the name head are the
+    asked positions' states after the chosen layer; a few steps with the term train its head."""
+    from reviosa.data.synth_render import COLOURS, SHAPES
+    from train.stages.clips import Backgrounds
+    from train.stages.vl_pretrain import NameHead, QAConfig, answer_logits, build, draw, make_batch, train_qa
+
+    model = build(recipe, []).eval()
+    rng = np.random.default_rng(6)
+    clips, questions = draw(rng, Backgrounds(rng, model.config.vision.image_size, 2), QAConfig(questions=5), 4)
+    batch = make_batch(model, clips, questions)
+    colours, shapes = list(COLOURS), list(SHAPES)
+    for c, qs in enumerate(questions):
+        assert (batch.named[c, len(qs) :] == -100).all()
+        for t, q in enumerate(qs):
+            colour, shape = batch.named[c, t].tolist()
+            look = clips[c].looks[q.target]
+            assert (colour == -100) == (q.kind == "colour") and (shape == -100) == (q.kind == "shape")
+            if colour >= 0:
+                assert colours[colour] == look.colour and look.colour in q.text.rstrip("?").split()
+            if shape >= 0:
+                assert shapes[shape] == look.shape and look.shape in q.text.rstrip("?").split()
+    with torch.no_grad():
+        _, _, states = answer_logits(model, batch, state_layer=0)
+        out = model.language_model(
+            inputs_embeds=model.embed(batch.input_ids, batch.pixels, batch.image_index),
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+            output_hidden_states=True,
+        )
+    c, t = 1, len(questions[1]) - 1
+    torch.testing.assert_close(states[c, t], out.hidden_states[1][c, int(batch.asked[c, t])])
+    loss, right = NameHead(model.config.text.hidden_size).loss(states, batch.named)
+    assert float(loss.detach()) > 0 and 0 <= right <= 1
+    keys = set(model.state_dict())
+    records = train_qa(
+        model.train(), QAConfig(steps=4, clips=2, val_clips=4, every=2, names=1.0, names_layer=0), log=lambda _m: None
+    )
+    assert all(0 <= r["names_train"] <= 1 for r in records)
+    assert set(model.state_dict()) == keys  # the head is the term's, never the model's
 
 
 def test_token_position_probe_tells_placed_tokens_from_placeless_ones():

@@ -47,6 +47,7 @@ from reviosa import tokens
 from reviosa.attention import AttentionCapture, vision_positions_from_ids
 from reviosa.data.synth import expression_corpus
 from reviosa.data.synth_language import MOTION_PHRASES
+from reviosa.data.synth_render import COLOURS, SHAPES, SIZES
 from reviosa.data.synth_motion import SINGLE_MOTIONS
 from reviosa.modeling import ReviosaModel
 from reviosa.tokenizer import build_tokenizer
@@ -60,6 +61,7 @@ logger = logging.getLogger(__name__)
 
 MLLM, TOKENIZER, QA_RECORDS = "mllm.safetensors", "tokenizer", "qa.json"
 KINDS = ("colour", "shape", "size", "position", "motion")
+NAMED = {"colour": tuple(COLOURS), "shape": SHAPES}  # what the name term reads, in this order
 QA_STRIDE = 9  # keyframes 0, 9, 18, 27 of a 32-frame path: odd, so "shaking" never looks still
 
 
@@ -87,6 +89,13 @@ class QAConfig:
     attention: float = 0.0
     attention_layer: int = -1
     attention_heads: tuple[int, ...] = (0, 1)
+    # Weight of the name term: a linear head (trained here, never saved) must read, from each
+    # turn's answer position after ``names_layer``, the colour and shape its question names. The
+    # answer position of the packed stage 1 reads them at 0.50 (commonest 0.19 / 0.23), so its
+    # last layer has no name to look the object up by (docs/training.md, "Fourteenth session").
+    # 0: off.
+    names: float = 0.0
+    names_layer: int = 1
 
 
 @dataclass(frozen=True)
@@ -155,7 +164,6 @@ def clip_questions(rng: np.random.Generator, clip: Clip, count: int, min_visible
 
 def qa_corpus() -> list[str]:
     """Tokenizer corpus: the world's phrases plus every question and answer word."""
-    from reviosa.data.synth_render import COLOURS, SHAPES, SIZES
 
     words = ["what colour is the", "what shape is the", "is the big or small?", "where is the",
              "how does the move?", "top left", "top right", "bottom left", "bottom right", "object"]  # fmt: skip
@@ -178,7 +186,9 @@ class QABatch:
     ``kinds`` order) whose answer token a label is, -1 elsewhere; pixels float (C*K, 3, S, S);
     image_index long (C*K,); kinds: the kind of each question; asked long (N, Q): each turn's last
     prompt position (the one that predicts its answer), -1 past a row's turns; cover float (N, Q,
-    K, g, g): the share of each vision token's cell the object asked about covers."""
+    K, g, g): the share of each vision token's cell the object asked about covers; named long
+    (N, Q, 2): the asked object's colour and shape (indices into ``NAMED``) where its question names
+    them, -100 elsewhere."""
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
@@ -190,6 +200,16 @@ class QABatch:
     kinds: list[str]
     asked: torch.Tensor
     cover: torch.Tensor
+    named: torch.Tensor
+
+
+def named_targets(clip: Clip, q: Question) -> list[int]:
+    """The asked object's colour and shape as indices into ``NAMED``'s lists, -100 for the one the
+    question asks about: every question names its object by all but the attribute it asks."""
+    look = clip.looks[q.target]
+    return [
+        values.index(getattr(look, attr)) if q.kind != attr else -100 for attr, values in NAMED.items()
+    ]
 
 
 def prefix_ids(model: ReviosaModel, frames: int) -> list[int]:
@@ -220,12 +240,14 @@ def make_batch(model: ReviosaModel, clips: list[Clip], questions: list[list[Ques
     asked = torch.full((len(questions), most), -1, dtype=torch.long)
     g = model.config.grid
     cover = torch.zeros(len(questions), most, frames, g, g)
+    named = torch.full((len(questions), most, len(NAMED)), -100, dtype=torch.long)
     for c, (clip, qs) in enumerate(zip(clips, questions, strict=True)):
         ids, lab, turn, pos = list(prefix), [-100] * len(prefix), [0] * len(prefix), list(range(len(prefix)))
         for t, q in enumerate(qs, start=1):
             prompt, answer = turn_ids(model, q.text), model.processor.answer_ids(q.answer)
             asked[c, t - 1] = len(ids) + len(prompt) - 1
             cover[c, t - 1] = coverage(clip.masks(q.target), g)
+            named[c, t - 1] = torch.tensor(named_targets(clip, q))
             ids += prompt + answer
             lab += [-100] * len(prompt) + answer
             turn += [t] * (len(prompt) + len(answer))
@@ -249,14 +271,15 @@ def make_batch(model: ReviosaModel, clips: list[Clip], questions: list[list[Ques
     question = torch.where((lab >= 0) & (turn > 0), turn - 1 + first[:, None], -1)
     pixels = model.processor.mllm_pixels(np.concatenate([c.frames for c in clips]))
     index = torch.arange(len(clips) * frames)
-    return QABatch(ids, mask[:, None], pos, lab, question, pixels, index, kinds, asked, cover)
+    return QABatch(ids, mask[:, None], pos, lab, question, pixels, index, kinds, asked, cover, named)
 
 
 def answer_logits(
-    model: ReviosaModel, batch: QABatch, capture: dict | None = None
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Next-token logits (N, L, V) of the whole rows and, when ``capture`` (AttentionCapture's
-    ``layers`` / ``heads``) is given, the asked positions' attention rows (N, Q, NL, NH, K, g, g)."""
+    model: ReviosaModel, batch: QABatch, capture: dict | None = None, state_layer: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Next-token logits (N, L, V) of the whole rows; when ``capture`` (AttentionCapture's
+    ``layers`` / ``heads``) is given, the asked positions' attention rows (N, Q, NL, NH, K, g, g);
+    when ``state_layer`` is, the asked positions' states after that layer (N, Q, D)."""
     input_ids = batch.input_ids.to(model.device)
     embeds = model.embed(input_ids, batch.pixels, batch.image_index)
     cap = None
@@ -266,13 +289,42 @@ def answer_logits(
             model.language_model, batch.asked.to(model.device), vision, model.config.grid, **capture
         )
     with cap if cap else contextlib.nullcontext():
-        hidden = model.language_model(
+        out = model.language_model(
             inputs_embeds=embeds,
             attention_mask=batch.attention_mask.to(model.device),
             position_ids=batch.position_ids.to(model.device),
             use_cache=False,
-        ).last_hidden_state
-    return model.mllm.lm_head(hidden), cap.result().rows if cap else None
+            output_hidden_states=state_layer is not None,
+        )
+    states = None
+    if state_layer is not None:
+        inner = out.hidden_states[state_layer % model.config.text.num_hidden_layers + 1]  # 0: embeddings
+        rows_of = torch.arange(len(inner), device=inner.device)[:, None]
+        states = inner[rows_of, batch.asked.clamp_min(0).to(inner.device)]
+    logits = model.mllm.lm_head(out.last_hidden_state)
+    return logits, cap.result().rows if cap else None, states
+
+
+class NameHead(torch.nn.Module):
+    """The name term's reader: one linear map per attribute of ``NAMED`` from a state (..., D)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.heads = torch.nn.ModuleList(torch.nn.Linear(width, len(v)) for v in NAMED.values())
+
+    def loss(self, states: torch.Tensor, named: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """Mean CE over the named attributes of the asked positions, and the share read right.
+
+        states: float (N, Q, D); named: long (N, Q, A) from ``QABatch``."""
+        named = named.to(states.device)
+        terms, right, total = [], 0, 0
+        for a, head in enumerate(self.heads):
+            keep = named[..., a] >= 0
+            logits = head(states[keep].float())
+            terms.append(F.cross_entropy(logits, named[..., a][keep], reduction="sum"))
+            right += int((logits.argmax(-1) == named[..., a][keep]).sum())
+            total += int(keep.sum())
+        return torch.stack(terms).sum() / max(1, total), right / max(1, total)
 
 
 def binding_loss(rows: torch.Tensor, batch: QABatch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -332,7 +384,7 @@ def scored_chunks(
     for i in range(0, len(clips), chunk):
         part_clips, part_questions = clips[i : i + chunk], questions[i : i + chunk]
         batch = make_batch(model, part_clips, part_questions)
-        logits, rows = answer_logits(model, batch, capture)
+        logits, rows, _ = answer_logits(model, batch, capture)
         yield part_clips, part_questions, answers_right(logits, batch), rows, batch
 
 
@@ -385,6 +437,9 @@ def train_qa(model: ReviosaModel, cfg: QAConfig, log=logger.info) -> list[dict]:
     rng = np.random.default_rng([cfg.seed, 0])
     backgrounds = Backgrounds(rng, size)
     groups = qa_param_groups(model, cfg.lr, cfg.vision_lr)
+    reader = NameHead(model.config.text.hidden_size).to(model.device) if cfg.names else None
+    if reader is not None:
+        groups.append({"params": list(reader.parameters()), "lr": cfg.lr})
     params = [p for g in groups for p in g["params"]]
     opt = torch.optim.AdamW(groups, weight_decay=0.0)
     warm = max(1, int(cfg.warmup * cfg.steps))
@@ -396,15 +451,24 @@ def train_qa(model: ReviosaModel, cfg: QAConfig, log=logger.info) -> list[dict]:
         ),
     )
     model.train()
-    records, losses, shares, t0 = [], [], [], time.perf_counter()
+    records, losses, shares, read, t0 = [], [], [], [], time.perf_counter()
     for step in range(1, cfg.steps + 1):
         batch = make_batch(model, *draw(rng, backgrounds, cfg, cfg.clips))
-        logits, rows = answer_logits(model, batch, capture_of(model, cfg) if cfg.attention else None)
+        logits, rows, states = answer_logits(
+            model,
+            batch,
+            capture_of(model, cfg) if cfg.attention else None,
+            cfg.names_layer if reader is not None else None,
+        )
         loss = qa_loss(logits, batch.labels)
         if rows is not None:
             bind, share = binding_loss(rows, batch)
             loss = loss + cfg.attention * bind
             shares.append(float(share.mean()))
+        if reader is not None:
+            name_loss, name_right = reader.loss(states, batch.named)
+            loss = loss + cfg.names * name_loss
+            read.append(name_right)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -415,9 +479,11 @@ def train_qa(model: ReviosaModel, cfg: QAConfig, log=logger.info) -> list[dict]:
             record = {"step": step, "loss": float(np.mean(losses)), **qa_accuracy(model, val, cfg)}
             if shares:
                 record["binding_train"] = float(np.mean(shares))
+            if read:
+                record["names_train"] = float(np.mean(read))
             record["seconds"] = time.perf_counter() - t0
             records.append(record)
-            losses, shares = [], []
+            losses, shares, read = [], [], []
             log(" ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
     return records
 
@@ -530,6 +596,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--qa-attention-layer", type=int, default=QAConfig.attention_layer)
     parser.add_argument("--qa-attention-heads", type=int, nargs="+", default=list(QAConfig.attention_heads))
     parser.add_argument(
+        "--qa-names",
+        type=float,
+        default=QAConfig.names,
+        help="weight of the name term (the answer position reads the colour and shape its question names)",
+    )
+    parser.add_argument("--qa-names-layer", type=int, default=QAConfig.names_layer)
+    parser.add_argument(
         "--init",
         help="phase qa: start from this stage-1 folder's mllm.safetensors (tower included) instead of "
         "OUT's vision.safetensors; phase tower: start the tower from its vision.safetensors",
@@ -588,6 +661,8 @@ def train_phases(args, out: Path) -> None:
         attention=args.qa_attention,
         attention_layer=args.qa_attention_layer,
         attention_heads=tuple(args.qa_attention_heads),
+        names=args.qa_names,
+        names_layer=args.qa_names_layer,
     )
     qa_records = train_qa(model, qcfg)
     save_mllm(model, out)
