@@ -197,7 +197,9 @@ def test_name_term_reads_what_each_question_names(recipe):
 
     model = build(recipe, []).eval()
     rng = np.random.default_rng(6)
-    clips, questions = draw(rng, Backgrounds(rng, model.config.vision.image_size, 2), QAConfig(questions=5), 4)
+    clips, questions = draw(
+        rng, Backgrounds(rng, model.config.vision.image_size, 2), QAConfig(questions=5), 4
+    )
     batch = make_batch(model, clips, questions)
     colours, shapes = list(COLOURS), list(SHAPES)
     for c, qs in enumerate(questions):
@@ -224,7 +226,9 @@ def test_name_term_reads_what_each_question_names(recipe):
     assert float(loss.detach()) > 0 and 0 <= right <= 1
     keys = set(model.state_dict())
     records = train_qa(
-        model.train(), QAConfig(steps=4, clips=2, val_clips=4, every=2, names=1.0, names_layer=0), log=lambda _m: None
+        model.train(),
+        QAConfig(steps=4, clips=2, val_clips=4, every=2, names=1.0, names_layer=0),
+        log=lambda _m: None,
     )
     assert all(0 <= r["names_train"] <= 1 for r in records)
     assert set(model.state_dict()) == keys  # the head is the term's, never the model's

@@ -47,8 +47,8 @@ from reviosa import tokens
 from reviosa.attention import AttentionCapture, vision_positions_from_ids
 from reviosa.data.synth import expression_corpus
 from reviosa.data.synth_language import MOTION_PHRASES
-from reviosa.data.synth_render import COLOURS, SHAPES, SIZES
 from reviosa.data.synth_motion import SINGLE_MOTIONS
+from reviosa.data.synth_render import COLOURS, SHAPES, SIZES
 from reviosa.modeling import ReviosaModel
 from reviosa.tokenizer import build_tokenizer
 from train import report
@@ -207,9 +207,7 @@ def named_targets(clip: Clip, q: Question) -> list[int]:
     """The asked object's colour and shape as indices into ``NAMED``'s lists, -100 for the one the
     question asks about: every question names its object by all but the attribute it asks."""
     look = clip.looks[q.target]
-    return [
-        values.index(getattr(look, attr)) if q.kind != attr else -100 for attr, values in NAMED.items()
-    ]
+    return [values.index(getattr(look, attr)) if q.kind != attr else -100 for attr, values in NAMED.items()]
 
 
 def prefix_ids(model: ReviosaModel, frames: int) -> list[int]:
