@@ -20,4 +20,4 @@ cp "$S1/qa.json" "$LOG/" && mkdir -p "$LOG/stage1" && cp -r "$S1/mllm.safetensor
 [ -f "$LOG/probe.txt" ] || OMP_NUM_THREADS=1 $PY -m train.probes.qa_binding --mllm "$LOG/stage1/mllm.safetensors" \
   --names 400 2>&1 | tee "$LOG/probe.txt"
 [ "${RUN_STAGE3:-0}" = 1 ] || exit 0
-STOP_AFTER_STAGE3=${STOP_AFTER_STAGE3:-1} bash results/stages/levers/stages34.sh "$S1" checkpoints/stage2d "$S3" runs/stage4_qa_names "$LOG" 0 0
+STOP_AFTER_STAGE3=${STOP_AFTER_STAGE3:-1} bash results/stages/levers/stages34.sh "$S1" checkpoints/stage2d "$S3" runs/stage4_qa_names "$LOG" 38.7 44.7
