@@ -190,7 +190,8 @@ def test_binding_probe_counts_every_question_once(recipe):
 def test_name_term_reads_what_each_question_names(recipe):
     """Each turn's name targets are the asked object's colour and shape, except the attribute it
     asks about, and both words stand in the question; the states handed to the name head are the
-    asked positions' states after the chosen layer; a few steps with the term train its head."""
+    asked positions' states after the chosen layer; steps with the term record how well its head
+    reads and add nothing to the model."""
     from reviosa.data.synth_render import COLOURS, SHAPES
     from train.stages.clips import Backgrounds
     from train.stages.vl_pretrain import NameHead, QAConfig, answer_logits, build, draw, make_batch, train_qa

@@ -164,7 +164,6 @@ def clip_questions(rng: np.random.Generator, clip: Clip, count: int, min_visible
 
 def qa_corpus() -> list[str]:
     """Tokenizer corpus: the world's phrases plus every question and answer word."""
-
     words = ["what colour is the", "what shape is the", "is the big or small?", "where is the",
              "how does the move?", "top left", "top right", "bottom left", "bottom right", "object"]  # fmt: skip
     return [*expression_corpus(), *words, *COLOURS, *SHAPES, *SIZES, *MOTION_PHRASES.values()]
