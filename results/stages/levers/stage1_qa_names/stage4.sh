@@ -11,7 +11,7 @@ LOG=results/stages/levers/stage1_qa_names S3=runs/stage3_qa_names S4=runs/stage4
 [ -f "$S3/model/model.safetensors" ] || { mkdir -p "$S3" && cp -r "$LOG"/stage3/* "$S3"/; }
 $PY -m train.stages.reviosa --stage3 "$S3" --out "$S4" --steps 300 --report '' --resume 2>&1 | tee -a "$LOG/stage4.txt"
 cp "$S4/log.jsonl" "$LOG/stage4_log.jsonl"
-mkdir -p "$LOG/stage4" && cp -r "$S4/model" "$S4/heads" "$S4/train_config.json" "$LOG/stage4/"
+mkdir -p "$LOG/stage4" && cp -r "$S4/heads" "$S4/train_config.json" "$LOG/stage4/"
 [ "${SCORE:-1}" = 1 ] || exit 0
 bash scripts/score_candidate.sh "$S4" 30 1 2 3
 mkdir -p "$LOG/eval" && cp "$S4"/per_frame/eval/*.txt "$S4"/per_frame/eval/scores_*.json "$LOG/eval/"
