@@ -540,6 +540,13 @@ def test_stages_3_to_5_run_from_the_stage_files_and_report(stage12, recipe, tmp_
 
     assert same("mllm.model.vision_tower") and same("sam.image_encoder")
     assert not same("mllm.model.multi_modal_projector")
+    # the binding probe reads stage 3's MLLM with stage 1's questions: every tensor, as exported
+    from train.probes.qa_binding import load_any_mllm
+    from train.stages.vl_pretrain import build
+
+    probe = build(recipe, [], seed=9)
+    load_any_mllm(probe, s3 / "model")
+    assert all(torch.equal(v.half(), exported[f"mllm.{k}"]) for k, v in probe.mllm.state_dict().items())
     s4 = tmp_path / "s4"
     reviosa.main(["--stage3", str(s3), "--out", str(s4), "--recipe", recipe, "--steps", "2", "--samples", "2",
                   "--report", str(rep), *tiny])  # fmt: skip

@@ -1,6 +1,7 @@
 """Does stage 1's LLM answer about the object a question names, or about the scene?
 
 python -m train.probes.qa_binding --mllm checkpoints/stage1/mllm.safetensors
+python -m train.probes.qa_binding --mllm checkpoints/stage3/model   # a later stage's MLLM
 
 On stage 1's 600 held-out questions (the QA phase's own validation draw) this prints, per
 question kind, the share answered exactly on clips of one, two and three or more objects (a
@@ -17,14 +18,34 @@ from __future__ import annotations
 
 import argparse
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 
 from train.probes.probe_words import fit_probe
 from train.stages import vl_pretrain
 from train.stages.clips import Backgrounds
 from train.stages.common import RECIPE
+
+
+def load_any_mllm(model, path: str | Path) -> None:
+    """A stage-1 ``mllm.safetensors``, or a later stage's model folder (``model.safetensors``):
+    its ``mllm.*`` tensors, strictly, so that what stages 3 and 4 did to stage 1's LLM is measured
+    with the same questions."""
+    path = Path(path)
+    if not path.is_dir():
+        vl_pretrain.load_mllm(model, path)
+        return
+    tensors = load_file(str(path / "model.safetensors"))
+    own = model.mllm.state_dict()
+    state = {k.removeprefix("mllm."): v for k, v in tensors.items() if k.startswith("mllm.")}
+    state = {k: v.to(own[k].dtype) if k in own else v for k, v in state.items()}
+    try:
+        model.mllm.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"{path}'s MLLM does not fit stage 1's (same recipe?): {err}") from err
 
 
 def held_out(cfg: vl_pretrain.QAConfig, size: int):
@@ -98,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m train.probes.qa_binding", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--mllm", required=True, help="a stage-1 mllm.safetensors")
+    parser.add_argument("--mllm", required=True, help="a stage-1 mllm.safetensors or a model folder")
     parser.add_argument("--recipe", default=RECIPE)
     parser.add_argument("--model", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument(
@@ -110,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     model = vl_pretrain.build(args.recipe, args.model)
-    vl_pretrain.load_mllm(model, args.mllm)
+    load_any_mllm(model, args.mllm)
     clips, questions = held_out(vl_pretrain.QAConfig(), model.config.vision.image_size)
     tally, share, even = binding_report(model, clips, questions)
     print("answered exactly, by objects in the clip (1 / 2 / 3+; questions in brackets)")
