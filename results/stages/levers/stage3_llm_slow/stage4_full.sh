@@ -11,5 +11,5 @@ L=results/stages/levers/stage3_llm_slow S3=runs/stage3_llm_slow S4=runs/stage4_l
 [ -f "$S3/model/model.safetensors" ] || { mkdir -p "$S3" && cp -r "$L"/stage3/* "$S3"/; }
 $PY -m train.stages.reviosa --stage3 "$S3" --out "$S4" --steps 300 --report '' --resume 2>&1 | tee -a "$L/stage4_full.txt"
 cp "$S4/log.jsonl" "$L/stage4_full_log.jsonl"
-bash scripts/score_candidate.sh "$S4" 30 1 2 3
+bash scripts/score_candidate.sh "$S4" 30 ${SEEDS:-1 2 3}
 mkdir -p "$L/eval_full" && cp "$S4"/per_frame/eval/*.txt "$S4"/per_frame/eval/scores_*.json "$L/eval_full/"
