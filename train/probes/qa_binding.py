@@ -38,6 +38,10 @@ def load_any_mllm(model, path: str | Path) -> None:
     if not path.is_dir():
         vl_pretrain.load_mllm(model, path)
         return
+    if not (path / "model.safetensors").is_file():
+        raise FileNotFoundError(
+            f"{path} holds no model.safetensors (export a run with python -m train export)"
+        )
     tensors = load_file(str(path / "model.safetensors"))
     own = model.mllm.state_dict()
     state = {k.removeprefix("mllm."): v for k, v in tensors.items() if k.startswith("mllm.")}
