@@ -22,12 +22,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
 from train.probes.probe_words import fit_probe
 from train.stages import vl_pretrain
 from train.stages.clips import Backgrounds
-from train.stages.common import RECIPE
+from train.stages.common import RECIPE, load_parts
 
 
 def load_any_mllm(model, path: str | Path) -> None:
@@ -38,18 +37,7 @@ def load_any_mllm(model, path: str | Path) -> None:
     if not path.is_dir():
         vl_pretrain.load_mllm(model, path)
         return
-    if not (path / "model.safetensors").is_file():
-        raise FileNotFoundError(
-            f"{path} holds no model.safetensors (export a run with python -m train export)"
-        )
-    tensors = load_file(str(path / "model.safetensors"))
-    own = model.mllm.state_dict()
-    state = {k.removeprefix("mllm."): v for k, v in tensors.items() if k.startswith("mllm.")}
-    state = {k: v.to(own[k].dtype) if k in own else v for k, v in state.items()}
-    try:
-        model.mllm.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise ValueError(f"{path}'s MLLM does not fit stage 1's (same recipe?): {err}") from err
+    load_parts({"mllm": model.mllm}, path / "model.safetensors", "MLLM", "train export", others=True)
 
 
 def held_out(cfg: vl_pretrain.QAConfig, size: int):

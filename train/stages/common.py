@@ -47,16 +47,19 @@ def save_parts(parts: dict[str, nn.Module], path: Path, dtype: torch.dtype | Non
     )  # fmt: skip
 
 
-def load_parts(parts: dict[str, nn.Module], path: str | Path, what: str, writer: str) -> None:
+def load_parts(
+    parts: dict[str, nn.Module], path: str | Path, what: str, writer: str, others: bool = False
+) -> None:
     """Load a ``save_parts`` file strictly: every tensor of every part, nothing else, the same
     shapes; each tensor in its part's dtype. ``what`` names the parts in errors, ``writer`` the
-    module that writes the file."""
+    module that writes the file. ``others``: the file may hold other parts too (a whole model's
+    ``model.safetensors``), which are left out."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no {what} weights at {path} (write them with python -m {writer})")
     tensors = load_file(str(path))
     stray = [k for k in tensors if not k.startswith(tuple(f"{name}." for name in parts))]
-    if stray:
+    if stray and not others:
         raise ValueError(f"{path} holds tensors outside the {what}: {stray[:3]}")
     for name, part in parts.items():
         own = part.state_dict()
