@@ -4,6 +4,8 @@
 #   bash scripts/score_candidate.sh RUN [CLIPS] [SEEDS...]
 # writes RUN/per_frame/ (the export with sam.propagation per_frame) and RUN/per_frame/eval/;
 # test splits are rendered once into runs/test_clipsC_seedS/. A split already scored is skipped.
+# SPLIT=val scores the validation split instead (stage 3's own: SPLIT=val ... RUN 40 0), its files
+# named val_*: the gate a lever passes before the test splits.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=$1
@@ -19,13 +21,16 @@ if [ ! -f "$PF/model.safetensors" ]; then
 c = ReviosaConfig.load(sys.argv[1]); c.sam.propagation = "per_frame"; c.save(sys.argv[1])' "$PF"
 fi
 mkdir -p "$PF/eval"
+SPLIT=${SPLIT:-test}
+P=$([ "$SPLIT" = test ] && echo "" || echo "${SPLIT}_")
 for seed in $SEEDS; do
-  data=runs/test_clips${CLIPS}_seed$seed
-  pred=$PF/eval/seed$seed.results.json
-  [ -d "$data/test" ] || $PY -m reviosa synth --out "$data" --split test --clips "$CLIPS" --seed "$seed"
-  [ -f "$PF/eval/scores_seed$seed.json" ] && continue
-  $PY -m reviosa predict --dataset "$data" --split test --model "$PF" --out "$pred"
-  $PY -m reviosa evaluate --gt "$data" --split test --pred "$pred" \
-    --json "$PF/eval/scores_seed$seed.json" | tee "$PF/eval/scores_seed$seed.txt"
-  $PY -m train.probes.probe_words breakdown --gt "$data" --split test --pred "$pred" > "$PF/eval/breakdown_seed$seed.txt"
+  data=runs/${SPLIT}_clips${CLIPS}_seed$seed
+  pred=$PF/eval/${P}seed$seed.results.json
+  [ -d "$data/$SPLIT" ] || $PY -m reviosa synth --out "$data" --split "$SPLIT" --clips "$CLIPS" --seed "$seed"
+  [ -f "$PF/eval/${P}scores_seed$seed.json" ] && continue
+  $PY -m reviosa predict --dataset "$data" --split "$SPLIT" --model "$PF" --out "$pred"
+  $PY -m reviosa evaluate --gt "$data" --split "$SPLIT" --pred "$pred" \
+    --json "$PF/eval/${P}scores_seed$seed.json" | tee "$PF/eval/${P}scores_seed$seed.txt"
+  $PY -m train.probes.probe_words breakdown --gt "$data" --split "$SPLIT" --pred "$pred" \
+    > "$PF/eval/${P}breakdown_seed$seed.txt"
 done

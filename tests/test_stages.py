@@ -670,3 +670,135 @@ def test_sam_click_probe_tells_a_model_that_follows_its_click_from_one_that_does
     ignores = sam_clicks.probe(sam, frames)
     assert follows["iou"] == 1.0 and follows["moved"] == 1.0 and follows["iou_every"] < 1.0
     assert ignores["iou_every"] == 1.0 and ignores["moved"] == 0.0 and ignores["iou"] < follows["iou"]
+
+
+# --- the grounding phase of stages 3-4 ----------------------------------------------------------
+
+
+def _grounding_pool(model, cfg, count=2):
+    from train.stages.grounding import pool_clip
+
+    return [pool_clip(model, cfg, "train", i, np.random.default_rng(i)) for i in range(count)]
+
+
+def test_grounding_batch_gives_the_prompts_of_the_plain_path(recipe):
+    """A clip's expressions packed in one row give each role token the state, and so the prompt,
+    that the model's own one-expression prompt path gives it; the candidates are the clip's objects'
+    example prompts (SAM2's features pooled under their masks), then the referent set's."""
+    from reviosa import sam as sam_ops
+    from train.stages.grounding import GroundingConfig, candidates, choose, make_batch, terms_of
+    from train.stages.vl_pretrain import build
+
+    model = build(recipe, []).eval()
+    cfg = GroundingConfig(two_tokens=True, keyframes=3, world_size=64)
+    clips = _grounding_pool(model, cfg)
+    chosen = choose(clips, 4, True, np.random.default_rng(0))
+    batch = make_batch(model, clips, chosen, True)
+    assert batch.packed.input_ids.shape[0] == len(clips) and len(batch.chosen) == sum(map(len, chosen))
+    with torch.no_grad():
+        _, prompts = terms_of(model, batch, clips, cfg, None)
+        for q, c in enumerate(batch.chosen):
+            ids = model.processor.prompt_ids(c.text, 3) + model.processor.answer_ids(
+                "Sure, [SEG_ACT] and [SEG_TAR]." if c.caption_type == "unidirectional" else "Sure, [SEG_ACT]."
+            )
+            ids = torch.tensor([ids])
+            hidden = model.hidden_states(
+                model.embed(ids, model.processor.mllm_pixels(clips[c.clip].frames)), torch.ones_like(ids)
+            )
+            pos = torch.stack([(ids[0] == t).nonzero()[0, 0] if (ids[0] == t).any() else torch.tensor(-1)
+                               for t in (model.processor.ids.seg_act, model.processor.ids.seg_tar)])  # fmt: skip
+            pos = torch.where(torch.tensor([bool(r) for r in c.roles]), pos, -1)
+            assert (batch.positions[q] >= 0).tolist() == (pos >= 0).tolist()
+            want = model.prompts_from_states(hidden, pos[None])[0]
+            present = pos >= 0
+            torch.testing.assert_close(prompts[q][present], want[present], atol=1e-4, rtol=1e-4)
+    # example prompts: SAM2's top-level features pooled under each object's masks on the keyframes
+    from reviosa.data.synth import WorldConfig, make_clip
+
+    clip = clips[0]
+    record, _ = make_clip(0, "train", 0, WorldConfig(size=64))
+    masks = torch.from_numpy(
+        np.stack([t.masks[clip.keyframes] for t in record.objects])
+    ).float()  # (N, K, s, s)
+    with torch.no_grad():
+        feats = sam_ops.encode_images(
+            model.sam, sam_ops.preprocess(torch.from_numpy(clip.frames), model.config.sam)
+        )
+    gy, gx = feats.feat_sizes[-1]
+    per_frame = (
+        feats.vision_feats[-1].reshape(gy * gx, 1, len(clip.keyframes), -1).expand(-1, len(masks), -1, -1)
+    )
+    want, _ = sam_ops.pooled_under_masks(per_frame, masks[:, None], (gy, gx))
+    cand, right = candidates(clip, [1])
+    torch.testing.assert_close(cand, want[:, 0], atol=1e-4, rtol=1e-4)
+    assert right == 1
+    pair, right = candidates(clip, [0, 1])
+    assert right == len(masks) and pair.shape[0] == len(masks) + 1
+    union, _ = sam_ops.pooled_under_masks(per_frame[:, :1], masks[None, :2].amax(1, keepdim=True), (gy, gx))
+    torch.testing.assert_close(pair[-1], union[0, 0], atol=1e-4, rtol=1e-4)
+
+
+def test_grounding_stage_trains_the_language_side_resumes_and_exports(stage12, recipe, tmp_path):
+    """Stage 3's grounding phase from the stage files: the projector, language model and prompt MLP
+    train, the vision tower and SAM2 do not; a run stopped and resumed ends where an unbroken one
+    does; the export loads strictly; stage 4's phase from it adds [SEG_TAR] and AML."""
+    from reviosa.hub import from_pretrained
+    from train.stages import grounding
+
+    common = [
+        "--recipe",
+        recipe,
+        "--pool",
+        "3",
+        "--val-clips",
+        "1",
+        "--clips",
+        "2",
+        "--turns",
+        "3",
+        "--every",
+        "1",
+    ]
+    stages = ["--stage1", str(stage12 / "s1"), "--stage2", str(stage12 / "s2d")]
+    grounding.main([*stages, "--out", str(tmp_path / "a"), "--steps", "2", *common])
+    records = json.loads((tmp_path / "a" / grounding.RECORDS).read_text())["records"]
+    assert [r["step"] for r in records] == [0, 1, 2]
+    assert set(records[-1]["train"]) == {"text", "choice", "distill", "grounding"}
+    model = from_pretrained(str(tmp_path / "a" / "model"))  # strict
+    exported = load_file(str(tmp_path / "a" / "model" / "model.safetensors"))
+    given = {
+        **load_file(str(stage12 / "s1" / "mllm.safetensors")),
+        **load_file(str(stage12 / "s2d" / "sam.safetensors")),
+    }
+
+    def same(prefix: str) -> bool:
+        keys = [k for k in given if k.startswith(prefix) and given[k].is_floating_point()]
+        return bool(keys) and all(torch.equal(exported[k], given[k].half()) for k in keys)
+
+    assert same("mllm.model.vision_tower") and same("sam.")
+    assert not same("mllm.model.multi_modal_projector") and not same("mllm.model.language_model")
+    # stopped after one step, then resumed: the unbroken run's weights
+    args = [*stages, "--steps", "2", *common]
+    parsed = grounding.parse([*args, "--out", str(tmp_path / "b")])
+    grounding.train(grounding.build(parsed), grounding.config_of(parsed), tmp_path / "b", False, stop_after=1)
+    grounding.main([*args, "--out", str(tmp_path / "b"), "--resume"])
+    again = load_file(str(tmp_path / "b" / "model" / "model.safetensors"))
+    assert all(torch.equal(again[k], exported[k]) for k in exported)
+    # stage 4's phase: two role tokens, AML on the chosen heads
+    grounding.main(["--init", str(tmp_path / "a" / "model"), "--two-tokens", "--aml", "1", "--aml-layer", "1",
+                    "--aml-heads", "0", "1", "--out", str(tmp_path / "c"), "--steps", "1", *common])  # fmt: skip
+    last = json.loads((tmp_path / "c" / grounding.RECORDS).read_text())["records"][-1]
+    assert "aml" in last["train"] and "target" in last["pick"]
+    assert from_pretrained(str(tmp_path / "c" / "model")).config.attention_supervision.heads == (0, 1)
+    assert model.config.attention_supervision is not None
+    # stage 3's loop fine-tunes the grounded model end to end, mask targets soft
+    from train.stages import sa2va
+
+    s3 = tmp_path / "s3"
+    sa2va.main(["--grounded", str(tmp_path / "a" / "model"), "--out", str(s3), "--recipe", recipe, "--steps", "1",
+                "--report", "", "--set", "eval.clips=1", "--set", "data.soft_masks=true"])  # fmt: skip
+    saved = json.loads((s3 / "train_config.json").read_text())
+    assert saved["model"]["kind"] == "pretrained" and saved["data"]["soft_masks"] is True
+    started = load_file(str(s3 / "model" / "model.safetensors"))
+    assert torch.equal(started["mllm.model.vision_tower.embeddings.patch_embeddings.projection.weight"],
+                       exported["mllm.model.vision_tower.embeddings.patch_embeddings.projection.weight"])  # fmt: skip

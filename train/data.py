@@ -77,15 +77,16 @@ def sample_sam_frames(
     return sorted(int(t) for t in chosen)
 
 
-def resize_masks(masks: np.ndarray, size: int) -> torch.Tensor:
-    """bool (..., H, W) -> float (..., size, size) in {0, 1}: area average, then > 0.5.
+def resize_masks(masks: np.ndarray, size: int, soft: bool = False) -> torch.Tensor:
+    """bool (..., H, W) -> float (..., size, size) in {0, 1}: area average, then > 0.5; with
+    ``soft`` the average itself (each cell's covered share, in [0, 1]).
 
     Area rather than nearest for the mask-loss targets: at 4x downsampling nearest drops thin parts.
     """
     lead = masks.shape[:-2]
     x = torch.from_numpy(masks.reshape(-1, 1, *masks.shape[-2:]).astype(np.float32))
     x = F.interpolate(x, size=(size, size), mode="area")
-    return (x > 0.5).float().reshape(*lead, size, size)
+    return (x if soft else (x > 0.5).float()).reshape(*lead, size, size)
 
 
 def grid_masks(masks: np.ndarray, grid: int) -> torch.Tensor:
@@ -279,7 +280,7 @@ class ClipDataset(Dataset):
             sam_pixels=sam_pixels,
             sequences=sequences,
             labels=labels,
-            masks=resize_masks(masks[:, :, sam_idx], low_res),
+            masks=resize_masks(masks[:, :, sam_idx], low_res, self.cfg.soft_masks),
             grids=grid_masks(masks[:, :, key_idx], self.model_config.grid),
             present=torch.from_numpy(masks[:, :, sam_idx].any(axis=(-2, -1)).astype(np.float32)),
             role_weight=torch.tensor(weights),

@@ -274,6 +274,7 @@ def make_clip(seed: int, split: str, index: int, cfg: WorldConfig | None = None)
         "interactions": Counter(k for k, _, _ in facts.relations + facts.mutual),
         "lookalike": any(a.same_look(b) for i, a in enumerate(plan.looks) for b in plan.looks[i + 1 :]),
         "occluded": occluder is not None,
+        "facts": facts,  # looks, motions and relations: what more expressions could be written from
     }
     return record, info
 

@@ -48,10 +48,12 @@ def pick_heads(stage3: Path, out: Path, samples: int, top_k: int = 4) -> tuple[i
     return int(chosen["layer"]), [int(h) for h in chosen["heads"]]
 
 
-def sets(stage3: Path, layer: int, heads: list[int], steps: int) -> list[str]:
+def sets(stage3: Path, layer: int, heads: list[int], steps: int, start: Path | None = None) -> list[str]:
+    """The stage's fields: two role tokens and AML on ``layer`` / ``heads``, fine-tuning stage 3's
+    model or ``start`` (the grounding phase's export), on stage 3's clips."""
     return [
         "model.kind=pretrained",
-        f"model.path={stage3 / 'model'}",
+        f"model.path={start or stage3 / 'model'}",
         f"data.root={stage3 / 'data'}",
         "data.two_tokens=true",
         "loss.aml=1",
@@ -71,6 +73,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="run directory")
     parser.add_argument("--recipe", default=RECIPE)
     parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument(
+        "--grounding-steps", type=int, default=0,
+        help="first the grounding phase (two role tokens, AML on the chosen heads) into OUT/grounding",
+    )  # fmt: skip
     parser.add_argument("--samples", type=int, default=200, help="validation expressions for select-heads")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a recipe field")
     parser.add_argument("--resume", action="store_true")
@@ -81,7 +87,17 @@ def main(argv: list[str] | None = None) -> None:
     finetune.ensure_data(args.recipe, stage3)
     layer, heads = pick_heads(stage3, out, args.samples)
     logger.info("AML on layer %d, heads %s (selected on stage 3)", layer, heads)
-    cfg = finetune.stage_config(args.recipe, [*sets(stage3, layer, heads, args.steps), *args.set])
+    start = None
+    if args.grounding_steps:
+        from train.stages import grounding
+
+        phase = ["--init", str(stage3 / "model"), "--recipe", args.recipe, "--two-tokens", "--aml", "1",
+                 "--aml-layer", str(layer), "--aml-heads", *map(str, heads), "--pool-from", str(stage3 / "grounding")]  # fmt: skip
+        grounding.main(
+            [*phase, "--out", str(out / "grounding"), "--steps", str(args.grounding_steps), "--resume"]
+        )
+        start = out / "grounding" / grounding.MODEL
+    cfg = finetune.stage_config(args.recipe, [*sets(stage3, layer, heads, args.steps, start), *args.set])
     # float16, as stage 3 (the built-in model is this export, copied)
     metrics, wall = finetune.run(cfg, out, args.resume, export_dtype=torch.float16)
     if args.report:

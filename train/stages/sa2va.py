@@ -30,10 +30,16 @@ from train.stages.sam_pretrain import WEIGHTS as SAM_WEIGHTS
 from train.stages.vl_pretrain import MLLM
 
 
-def sets(stage1: str, stage2: str, steps: int) -> list[str]:
+def sets(stage1: str, stage2: str, steps: int, grounded: str = "") -> list[str]:
+    """The stage's fields: the model from stage 1's MLLM and stage 2's SAM2, or (``grounded``) the
+    whole model its grounding phase exported (``train.stages.grounding``)."""
+    start = (
+        ["model.kind=pretrained", f"model.path={grounded}"]
+        if grounded
+        else [f"model.mllm_init={Path(stage1) / MLLM}", f"model.sam_init={Path(stage2) / SAM_WEIGHTS}"]
+    )
     return [
-        f"model.mllm_init={Path(stage1) / MLLM}",
-        f"model.sam_init={Path(stage2) / SAM_WEIGHTS}",
+        *start,
         "data.two_tokens=false",
         "loss.aml=0",
         "loss.object=1",
@@ -44,20 +50,39 @@ def sets(stage1: str, stage2: str, steps: int) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m train.stages.sa2va", description=__doc__.split("\n")[0])
-    parser.add_argument("--stage1", required=True, help="stage-1 folder (mllm.safetensors, tokenizer/)")
-    parser.add_argument("--stage2", required=True, help="stage-2 folder (sam.safetensors)")
+    parser.add_argument("--stage1", default="", help="stage-1 folder (mllm.safetensors, tokenizer/)")
+    parser.add_argument("--stage2", default="", help="stage-2 folder (sam.safetensors)")
+    parser.add_argument(
+        "--grounded", default="", help="the grounding phase's model folder, instead of --stage1 / --stage2"
+    )
     parser.add_argument("--out", required=True, help="run directory")
     parser.add_argument("--recipe", default=RECIPE)
     parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument(
+        "--grounding-steps", type=int, default=0,
+        help="first the grounding phase (train.stages.grounding) for this many steps, into OUT/grounding",
+    )  # fmt: skip
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a recipe field")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--report", default=str(report.REPORT_DIR), help="stages' report folder ('': none)")
     args = parser.parse_args(argv)
+    if not args.grounded and not (args.stage1 and args.stage2):
+        parser.error("give --stage1 and --stage2, or --grounded")
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    cfg = finetune.stage_config(args.recipe, [*sets(args.stage1, args.stage2, args.steps), *args.set])
     out = Path(args.out)
+    if args.grounding_steps and not args.grounded:
+        from train.stages import grounding
+
+        phase = ["--stage1", args.stage1, "--stage2", args.stage2, "--recipe", args.recipe]
+        grounding.main(
+            [*phase, "--out", str(out / "grounding"), "--steps", str(args.grounding_steps), "--resume"]
+        )
+        args.grounded = str(out / "grounding" / grounding.MODEL)
+    cfg = finetune.stage_config(
+        args.recipe, [*sets(args.stage1, args.stage2, args.steps, args.grounded), *args.set]
+    )
     # float16: the model is committed (checkpoints/stage3/model) and stage 4 loads it as float32
     metrics, wall = finetune.run(cfg, out, args.resume, export_dtype=torch.float16)
     if args.report:

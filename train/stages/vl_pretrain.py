@@ -56,6 +56,7 @@ from train.data import coverage
 from train.stages import vision_tower
 from train.stages.clips import Backgrounds, Clip, full_area, random_clip
 from train.stages.common import RECIPE, load_parts, save_parts, stage_model_config
+from train.stages.packing import Turn, pack
 
 logger = logging.getLogger(__name__)
 
@@ -231,44 +232,27 @@ def question_ids(model: ReviosaModel, question: str, frames: int) -> list[int]:
 
 def make_batch(model: ReviosaModel, clips: list[Clip], questions: list[list[Question]]) -> QABatch:
     frames = clips[0].frames.shape[0]
-    prefix = prefix_ids(model, frames)
-    rows, kinds = [], []
+    rows = [
+        [Turn(turn_ids(model, q.text), model.processor.answer_ids(q.answer)) for q in qs] for qs in questions
+    ]
+    packed = pack(prefix_ids(model, frames), rows, pad=model.processor.ids.pad)
     most = max(len(qs) for qs in questions)
     asked = torch.full((len(questions), most), -1, dtype=torch.long)
     g = model.config.grid
     cover = torch.zeros(len(questions), most, frames, g, g)
     named = torch.full((len(questions), most, len(NAMED)), -100, dtype=torch.long)
-    for c, (clip, qs) in enumerate(zip(clips, questions, strict=True)):
-        ids, lab, turn, pos = list(prefix), [-100] * len(prefix), [0] * len(prefix), list(range(len(prefix)))
-        for t, q in enumerate(qs, start=1):
-            prompt, answer = turn_ids(model, q.text), model.processor.answer_ids(q.answer)
-            asked[c, t - 1] = len(ids) + len(prompt) - 1
-            cover[c, t - 1] = coverage(clip.masks(q.target), g)
-            named[c, t - 1] = torch.tensor(named_targets(clip, q))
-            ids += prompt + answer
-            lab += [-100] * len(prompt) + answer
-            turn += [t] * (len(prompt) + len(answer))
-            pos += range(len(prefix), len(prefix) + len(prompt) + len(answer))
-            kinds.append(q.kind)
-        rows.append((ids, lab, turn, pos))
-    width = max(len(r[0]) for r in rows)
-    n = len(rows)
-    ids = torch.full((n, width), model.processor.ids.pad, dtype=torch.long)
-    lab = torch.full((n, width), -100, dtype=torch.long)
-    turn = torch.full((n, width), -1, dtype=torch.long)  # -1: padding
-    pos = torch.zeros((n, width), dtype=torch.long)
-    for i, (r, lb, tr, ps) in enumerate(rows):
-        ids[i, : len(r)], lab[i, : len(r)] = torch.tensor(r), torch.tensor(lb)
-        turn[i, : len(r)], pos[i, : len(r)] = torch.tensor(tr), torch.tensor(ps)
-    causal = torch.ones(width, width, dtype=torch.bool).tril()
-    same = (turn[:, :, None] == turn[:, None, :]) & (turn[:, :, None] >= 0)
-    mask = causal & (same | (turn[:, None, :] == 0)) | torch.eye(width, dtype=torch.bool)  # pads: themselves
+    flat = [(c, t, q) for c, qs in enumerate(questions) for t, q in enumerate(qs)]
+    for (c, t, q), last in zip(flat, packed.asked.tolist(), strict=True):
+        asked[c, t] = last
+        cover[c, t] = coverage(clips[c].masks(q.target), g)
+        named[c, t] = torch.tensor(named_targets(clips[c], q))
     # each answer token's question, numbered over the batch in ``kinds`` order
-    first = torch.tensor([0] + [len(qs) for qs in questions]).cumsum(0)[:-1]
-    question = torch.where((lab >= 0) & (turn > 0), turn - 1 + first[:, None], -1)
+    question = torch.where(packed.labels >= 0, packed.turn, -1)
     pixels = model.processor.mllm_pixels(np.concatenate([c.frames for c in clips]))
     index = torch.arange(len(clips) * frames)
-    return QABatch(ids, mask[:, None], pos, lab, question, pixels, index, kinds, asked, cover, named)
+    kinds = [q.kind for _, _, q in flat]
+    return QABatch(packed.input_ids, packed.attention_mask, packed.position_ids, packed.labels, question, pixels,
+                   index, kinds, asked, cover, named)  # fmt: skip
 
 
 def answer_logits(
