@@ -428,6 +428,45 @@ def test_sam_pretrain_trains_every_sam_part_and_resumes(recipe, tmp_path):
         torch.testing.assert_close(v, sam.state_dict()[k])
 
 
+def test_attribute_term_reads_looks_from_example_prompts_and_resumes(recipe, tmp_path):
+    """Stage 2 with --attributes: heads read each tracked object's looks from its example prompt,
+    their gradient reaches the encoder, their weights live in the resumable state (never in the
+    SAM2 file), and the held-out records say how they read and how same-coloured objects decode."""
+    from safetensors.torch import load_file
+
+    from reviosa import sam as sam_ops
+    from train.stages.common import stage_model_config
+    from train.stages.sam_pretrain import (
+        AttributeHeads,
+        SamPretrainConfig,
+        attribute_loss,
+        build_stage_sam,
+        draw_world_batch,
+        pretrain,
+    )  # fmt: skip
+
+    config = stage_model_config(recipe)
+    sam = build_stage_sam(config)
+    batch = draw_world_batch(np.random.default_rng(0), 0, 2, 2, config.sam, 0.4, objects=3)
+    assert len(batch.looks) == len(batch.masks) == len(batch.same_colour)
+    heads = AttributeHeads(sam.sam_prompt_embed_dim)
+    attribute_loss(heads, sam_ops.encode_images(sam, batch.pixels), batch).backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in sam.image_encoder.parameters())
+    cfg = SamPretrainConfig(steps=2, batch=2, frames=2, val_clips=3, val_frames=2, every=1, objects=2,
+                            world=True, examples=True, soft_targets=True, attributes=1.0)  # fmt: skip
+    sam = build_stage_sam(config)
+    records = pretrain(sam, cfg, tmp_path / "a", log=lambda _m: None)
+    assert {"read_colour", "read_shape", "read_size", "read_texture"} <= set(records[-1])
+    assert "heads" in torch.load(tmp_path / "a" / "state.pt", weights_only=False)
+    assert all(k.startswith("sam.") for k in load_file(str(tmp_path / "a" / "sam.safetensors")))
+    broken = build_stage_sam(config)
+    pretrain(broken, cfg, tmp_path / "b", log=lambda _m: None, stop_after=1)
+    resumed = build_stage_sam(config)
+    pretrain(resumed, cfg, tmp_path / "b", resume=True, log=lambda _m: None)
+    for k, v in resumed.state_dict().items():
+        torch.testing.assert_close(v, sam.state_dict()[k])
+
+
 def test_stage_files_load_strictly_into_the_stage3_model(stage12, recipe, tmp_path):
     from safetensors.torch import load_file, save_file
 

@@ -51,6 +51,7 @@ from torch import nn
 from reviosa import sam as sam_ops
 from reviosa.config import ReviosaConfig
 from reviosa.data.synth import make_clip
+from reviosa.data.synth_render import COLOURS, SHAPES, SIZES, TEXTURES, Appearance
 from reviosa.evaluation import f_measure, iou
 from reviosa.hooks import this_thread_only
 from train import report
@@ -98,13 +99,21 @@ class SamPretrainConfig:
     # (0.98 with soft cells); the stage-2d decoder alone, 150 steps on example prompts, reached
     # IoU 0.704 at the frame's 128 px with soft targets against 0.641 with binary ones.
     soft_targets: bool = False
+    # Weight of the attribute term: linear heads must read each tracked object's colour, shape, size
+    # and texture from its example prompt (SAM2's top-level features pooled under its masks), the
+    # gradient reaching the encoder. Trained without it, an object's example prompt sat at cosine
+    # 0.98 to a same-coloured neighbour's (0.68 to other objects'), so neither a role prompt nor the
+    # decoder could tell a red triangle from a red circle (train.stages.grounding, docs/training.md).
+    attributes: float = 0.0
     val_clips: int = 48
     val_frames: int = 8
     every: int = 250  # steps between validations and checkpoints
     seed: int = 0
 
 
-CLI_FIELDS = ("steps", "batch", "frames", "lr", "corrections", "objects", "val_clips", "every", "seed")
+CLI_FIELDS = (
+    "steps", "batch", "frames", "lr", "corrections", "objects", "attributes", "val_clips", "every", "seed",
+)  # fmt: skip
 CLI_FLAGS = ("frame_clicks", "world", "examples", "soft_targets")
 WORLD_SEED = 7  # the RVOS world's training clips here; test splits use seeds 1 and 2, stage 3 seed 0
 
@@ -115,11 +124,15 @@ WORLD_SEED = 7  # the RVOS world's training clips here; test splits use seeds 1 
 @dataclass
 class ClipBatch:
     """pixels float (C*T, 3, S, S) clip-major; masks float (N, T, S, S), one row per tracked object;
-    clip_of long (N,): the clip each object is in."""
+    clip_of long (N,): the clip each object is in; looks: each tracked object's appearance (for
+    the attribute term), or None; same_colour: whether another object of its clip shares its colour
+    (world clips: the held-out figure of the objects a colour does not single out)."""
 
     pixels: torch.Tensor
     masks: torch.Tensor
     clip_of: torch.Tensor
+    looks: list[Appearance] | None = None
+    same_colour: list[bool] | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -152,7 +165,7 @@ def draw_batch(
     objects: int = 1,
 ) -> ClipBatch:
     """``count`` clips, up to ``objects`` tracked objects of each."""
-    pixels, masks, clip_of = [], [], []
+    pixels, masks, clip_of, looks = [], [], [], []
     while len(pixels) < count:
         clip = random_clip(rng, backgrounds, frames)
         picked = draw_objects(rng, clip, min_visible, objects)
@@ -161,21 +174,23 @@ def draw_batch(
         clip_of += [len(pixels)] * len(picked)
         pixels.append(sam_ops.preprocess(torch.from_numpy(clip.frames), sam_cfg))
         masks += [torch.from_numpy(clip.masks(k)).float() for k in picked]
-    return ClipBatch(torch.cat(pixels), torch.stack(masks), torch.tensor(clip_of))
+        looks += [clip.looks[k] for k in picked]
+    return ClipBatch(torch.cat(pixels), torch.stack(masks), torch.tensor(clip_of), looks)
 
 
 def world_clip(
     rng: np.random.Generator, index: int, frames: int, split: str = "train", seed: int = WORLD_SEED
 ):
     """``frames`` frames of world clip ``index`` at a random stride, JPEG round-tripped as a dataset
-    stores them: uint8 (T, s, s, 3) and each object's masks bool (K, T, s, s) (s: the world's 128)."""
-    record, _ = make_clip(seed, split, index)
+    stores them: uint8 (T, s, s, 3), each object's masks bool (K, T, s, s) (s: the world's 128) and
+    each object's appearance."""
+    record, info = make_clip(seed, split, index)
     total = len(record.frames)
     stride = int(rng.integers(1, max(1, (total - 1) // max(frames - 1, 1)) + 1)) if frames > 1 else 1
     start = int(rng.integers(0, total - (frames - 1) * stride))
     idx = start + stride * np.arange(frames)
     pixels = np.stack([jpeg_round_trip(record.frames[i]) for i in idx])
-    return pixels, np.stack([track.masks[idx] for track in record.objects])
+    return pixels, np.stack([track.masks[idx] for track in record.objects]), info["facts"].looks
 
 
 def jpeg_round_trip(frame: np.ndarray, quality: int = 95) -> np.ndarray:
@@ -191,10 +206,10 @@ def draw_world_batch(
 ) -> ClipBatch:  # fmt: skip
     """``count`` world clips from clip ``first_index`` on (one index a draw, skipped when no object
     shows well on the first frame: at least ``min_visible`` of its largest area in the clip)."""
-    pixels, masks, clip_of = [], [], []
+    pixels, masks, clip_of, looks, same = [], [], [], [], []
     index = first_index
     while len(pixels) < count:
-        frames_u8, tracks = world_clip(rng, index, frames, split, seed)
+        frames_u8, tracks, clip_looks = world_clip(rng, index, frames, split, seed)
         index += 1
         areas = tracks.reshape(len(tracks), frames, -1).sum(-1)  # (K, T)
         seen = [
@@ -207,7 +222,10 @@ def draw_world_batch(
         pixels.append(sam_ops.preprocess(torch.from_numpy(frames_u8), sam_cfg))
         up = torch.from_numpy(tracks[picked]).float()  # (k, T, s, s) -> SAM2's input size, nearest
         masks.append(F.interpolate(up, size=(sam_cfg.image_size,) * 2, mode="nearest"))
-    return ClipBatch(torch.cat(pixels), torch.cat(masks), torch.tensor(clip_of))
+        looks += [clip_looks[k] for k in picked]
+        colours = [look.colour for look in clip_looks]
+        same += [colours.count(clip_looks[k].colour) > 1 for k in picked]
+    return ClipBatch(torch.cat(pixels), torch.cat(masks), torch.tensor(clip_of), looks, same)
 
 
 # --- prompts ---------------------------------------------------------------------------------------
@@ -334,6 +352,7 @@ def clip_loss(
     frame_clicks: bool = False,
     examples: bool = False,
     soft: bool = False,
+    heads: tuple[AttributeHeads, float] | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Prompt frame 0, track the rest through the memory (and with ``frame_clicks`` decode each later
     frame alone from one click too, with ``examples`` every frame alone from its example prompt);
@@ -373,6 +392,10 @@ def clip_loss(
         terms.append(example_loss(sam, feats, batch, soft))
         info["example"] = float(terms[-1].detach())
     loss = torch.stack(terms).mean()
+    if heads is not None:  # beside the mean of the decoded frames, by its own weight
+        attributes = attribute_loss(heads[0], feats, batch)
+        loss = loss + heads[1] * attributes
+        info["attributes"] = float(attributes.detach())
     return loss, {"loss": float(loss.detach()), **info}
 
 
@@ -415,6 +438,46 @@ def later_clicks_loss(
     return frame_loss(logits[shows], object_logits[shows], masks[shows], soft)
 
 
+ATTRIBUTES = {"colour": tuple(COLOURS), "shape": SHAPES, "size": tuple(SIZES), "texture": TEXTURES}
+
+
+class AttributeHeads(nn.Module):
+    """One linear head per attribute over an object's example prompt (never saved with SAM2)."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.heads = nn.ModuleDict(
+            {name: nn.Linear(width, len(values)) for name, values in ATTRIBUTES.items()}
+        )
+
+    def logits(self, examples: torch.Tensor) -> dict[str, torch.Tensor]:
+        """examples float (N, C) -> per attribute float (N, classes)."""
+        return {name: head(examples) for name, head in self.heads.items()}
+
+    @staticmethod
+    def labels(looks: list[Appearance]) -> dict[str, torch.Tensor]:
+        return {name: torch.tensor([values.index(getattr(look, name)) for look in looks])
+                for name, values in ATTRIBUTES.items()}  # fmt: skip
+
+
+def object_examples(feats: sam_ops.FrameFeatures, batch: ClipBatch) -> torch.Tensor:
+    """Each tracked object's example prompt over its clip's frames, with the encoder's gradient:
+    float (N, C) (zeros for an object on no frame)."""
+    objects, frames = batch.shape
+    idx = (batch.clip_of[:, None] * frames + torch.arange(frames)).reshape(-1)
+    gy, gx = feats.feat_sizes[-1]
+    per_frame = feats.vision_feats[-1].index_select(1, idx).reshape(gy * gx, objects, frames, -1)
+    prompts, _ = sam_ops.pooled_under_masks(per_frame, batch.masks[:, None], (gy, gx))
+    return prompts[:, 0]
+
+
+def attribute_loss(heads: AttributeHeads, feats: sam_ops.FrameFeatures, batch: ClipBatch) -> torch.Tensor:
+    """Mean over the attributes of the heads' CE on the tracked objects' example prompts."""
+    logits = heads.logits(object_examples(feats, batch))
+    labels = AttributeHeads.labels(batch.looks)
+    return torch.stack([F.cross_entropy(logits[k], labels[k]) for k in logits]).mean()
+
+
 @contextlib.contextmanager
 def single_mask(sam: nn.Module):
     """Single-mask output for every prompt while this stage runs, whatever the config says: one
@@ -433,6 +496,8 @@ def single_mask(sam: nn.Module):
 @dataclass
 class HeldOut:
     clips: list[tuple[torch.Tensor, torch.Tensor]]  # per clip: pixels (T, 3, S, S), masks (T, S, S)
+    looks: list[Appearance] | None = None  # the object of each clip
+    same_colour: list[bool] | None = None  # world clips: another object of the clip shares its colour
 
 
 def held_out(cfg: SamPretrainConfig, sam_cfg) -> HeldOut:
@@ -446,19 +511,25 @@ def held_out(cfg: SamPretrainConfig, sam_cfg) -> HeldOut:
         backgrounds = Backgrounds(rng, sam_cfg.image_size, count=16)
         batch = draw_batch(rng, backgrounds, cfg.val_clips, cfg.val_frames, sam_cfg, cfg.min_visible)
     t = cfg.val_frames
-    return HeldOut([(batch.pixels[c * t : (c + 1) * t], batch.masks[c]) for c in range(cfg.val_clips)])
+    clips = [(batch.pixels[c * t : (c + 1) * t], batch.masks[c]) for c in range(cfg.val_clips)]
+    return HeldOut(clips, batch.looks, batch.same_colour)
 
 
 @torch.no_grad()
-def evaluate(sam: nn.Module, data: HeldOut, seed: int = 0, chunk: int = 8) -> dict[str, float]:
+def evaluate(
+    sam: nn.Module, data: HeldOut, seed: int = 0, chunk: int = 8, heads: AttributeHeads | None = None
+) -> dict[str, float]:
     """``click_iou``: mean IoU from one random click inside the object, on every held-out frame
     where it shows (no memory); ``jf`` / ``j`` / ``f`` (0-100): first-frame mask, then tracked
     through the memory, scored on frames 1..T-1 (DAVIS leaves the given frame out); ``example_iou``:
-    mean IoU of every frame where the object shows, decoded alone from its example prompt."""
+    mean IoU of every frame where the object shows, decoded alone from its example prompt
+    (``example_iou_same_colour``: of the objects whose clip holds another of their colour, world
+    clips only); with ``heads``, ``read_<attribute>``: their accuracy on the objects' examples."""
     gen = torch.Generator().manual_seed(seed)
     was = sam.training
     sam.eval()
-    click_ious, js, fs, example_ious = [], [], [], []
+    click_ious, js, fs, example_ious, same_ious = [], [], [], [], []
+    reads: dict[str, list[bool]] = {name: [] for name in ATTRIBUTES}
     with single_mask(sam):
         for c0 in range(0, len(data.clips), chunk):
             part = data.clips[c0 : c0 + chunk]
@@ -471,6 +542,16 @@ def evaluate(sam: nn.Module, data: HeldOut, seed: int = 0, chunk: int = 8) -> di
             gt = (masks.flatten(0, 1) > 0.5).numpy()
             shows = gt.reshape(len(gt), -1).any(1)
             example_ious += iou(gt[shows], pred[shows]).tolist()
+            if data.same_colour is not None:
+                same = np.repeat(np.asarray(data.same_colour[c0 : c0 + chunk]), frames)  # per (clip, frame)
+                same_ious += iou(gt[shows & same], pred[shows & same]).tolist()
+            if heads is not None and data.looks is not None:
+                looks = data.looks[c0 : c0 + chunk]
+                logits = heads.logits(
+                    object_examples(feats, ClipBatch(pixels, masks, torch.arange(clips), looks))
+                )
+                for name, labels in AttributeHeads.labels(looks).items():
+                    reads[name] += (logits[name].argmax(-1) == labels).tolist()
             for t in range(frames):  # one click, each frame on its own
                 f_t = frame_features(feats, clips, frames, t)
                 points = (click_inside(masks[:, t], gen), torch.ones(clips, 1, dtype=torch.long))
@@ -492,10 +573,14 @@ def evaluate(sam: nn.Module, data: HeldOut, seed: int = 0, chunk: int = 8) -> di
                 fs += [f_measure(g, p) for g, p in zip(gt, pred, strict=True)]
     sam.train(was)
     j, f = 100 * float(np.mean(js)), 100 * float(np.mean(fs))
-    return {
+    out = {
         "click_iou": float(np.mean(click_ious)), "j": j, "f": f, "jf": (j + f) / 2,
         "example_iou": float(np.mean(example_ious)),
     }  # fmt: skip
+    if same_ious:
+        out["example_iou_same_colour"] = float(np.mean(same_ious))
+    out.update({f"read_{name}": float(np.mean(v)) for name, v in reads.items() if v})
+    return out
 
 
 def gates(figures: dict[str, float]) -> list[report.Gate]:
@@ -542,19 +627,25 @@ def pretrain(
     Every random draw is seeded by the step, so a resumed run trains exactly as an unbroken one.
     ``evaluate_first``: also validate the weights it starts from (step 0; a run from ``--init``)."""
     sam_cfg = _sam_cfg_of(sam)
-    opt = torch.optim.AdamW(sam.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    heads = AttributeHeads(sam.sam_prompt_embed_dim) if cfg.attributes else None
+    groups = [{"params": list(sam.parameters())}]
+    if heads is not None:  # fresh heads at 10x the rate, so they read what the features hold early on
+        groups.append({"params": list(heads.parameters()), "lr": 10 * cfg.lr})
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, cfg))
     start, records = 0, []
     if resume and (out / STATE).is_file():
         load_sam(sam, out / WEIGHTS)
         state = torch.load(out / STATE, weights_only=False)
+        if heads is not None:
+            heads.load_state_dict(state["heads"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         start, records = state["step"], json.loads((out / RECORDS).read_text())["records"]
         log(f"resumed at step {start}")
     val = held_out(cfg, sam_cfg)
     if evaluate_first and not records:  # where a run from earlier weights starts, on its own held-out
-        records.append({"step": 0, **evaluate(sam, val, cfg.seed), "seconds": 0.0})
+        records.append({"step": 0, **evaluate(sam, val, cfg.seed, heads=heads), "seconds": 0.0})
         log(_line(records[-1]))
     # Each step draws from its own seed, so a resumed run draws what an unbroken one would.
     backgrounds = Backgrounds(np.random.default_rng([cfg.seed, 2]), sam_cfg.image_size)
@@ -574,23 +665,28 @@ def pretrain(
                     rng, backgrounds, cfg.batch, cfg.frames, sam_cfg, cfg.min_visible, cfg.objects
                 )
             loss, _ = clip_loss(
-                sam, batch, prompt, cfg.corrections, gen, cfg.frame_clicks, cfg.examples, cfg.soft_targets
-            )
+                sam, batch, prompt, cfg.corrections, gen, cfg.frame_clicks, cfg.examples, cfg.soft_targets,
+                (heads, cfg.attributes) if heads is not None else None,
+            )  # fmt: skip
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(sam.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
             opt.step()
             sched.step()
             losses.append(float(loss.detach()))
             if step % cfg.every == 0 or step == cfg.steps:
-                record = {"step": step, "loss": float(np.mean(losses)), **evaluate(sam, val, cfg.seed)}
+                record = {
+                    "step": step,
+                    "loss": float(np.mean(losses)),
+                    **evaluate(sam, val, cfg.seed, heads=heads),
+                }
                 record["lr"] = float(sched.get_last_lr()[0])
                 record["seconds"] = time.perf_counter() - t0 + (records[-1]["seconds"] if records else 0.0)
                 t0 = time.perf_counter()
                 records.append(record)
                 losses = []
                 log(_line(record))
-                _checkpoint(sam, opt, sched, step, cfg, records, out)
+                _checkpoint(sam, opt, sched, step, cfg, records, out, heads)
     return records
 
 
@@ -599,13 +695,14 @@ def _line(record: dict) -> str:
     return " ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items())
 
 
-def _checkpoint(sam, opt, sched, step, cfg, records, out: Path) -> None:
+def _checkpoint(sam, opt, sched, step, cfg, records, out: Path, heads: AttributeHeads | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     # Written aside and renamed: a copy (or a commit) never reads a half-written file.
     save_sam(sam, out / (WEIGHTS + ".tmp"))
-    torch.save(
-        {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step}, out / (STATE + ".tmp")
-    )
+    state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step}
+    if heads is not None:
+        state["heads"] = heads.state_dict()
+    torch.save(state, out / (STATE + ".tmp"))
     (out / (WEIGHTS + ".tmp")).replace(out / WEIGHTS)
     (out / (STATE + ".tmp")).replace(out / STATE)
     (out / RECORDS).write_text(json.dumps({"config": asdict(cfg), "records": records}, indent=2) + "\n")
@@ -634,6 +731,8 @@ def report_section(cfg: SamPretrainConfig, init: str | None) -> tuple[str, str]:
         if init:
             return "sam_pretrain_objects", "Stage 2, second phase: several objects, every frame clicked"
         return "sam_pretrain", "Stage 2: promptable SAM2 pretraining"
+    if cfg.attributes:
+        return "sam_pretrain_attributes", "Stage 2, fourth phase: example prompts that read an object's looks"
     if cfg.soft_targets:
         return "sam_pretrain_soft", "Stage 2, fourth phase: soft mask targets"
     records = Path(init).parent / RECORDS if init else None
@@ -675,7 +774,10 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.perf_counter()
     records = pretrain(sam, cfg, out, resume=args.resume, evaluate_first=bool(args.init))
     figures = {
-        k: v for k, v in records[-1].items() if k in ("click_iou", "j", "f", "jf", "example_iou", "loss")
+        k: v
+        for k, v in records[-1].items()
+        if k in ("click_iou", "j", "f", "jf", "example_iou", "loss", "example_iou_same_colour")
+        or k.startswith("read_")
     }
     if args.report:
         command = "python -m train.stages.sam_pretrain " + shlex.join(sys.argv[1:] if argv is None else argv)
