@@ -4,12 +4,13 @@ re-propagates from it.
 A `Click` is (frame, role, (x, y), positive or negative), in pixels of the frames the tracks cover.
 For each role with clicks, from its first clicked frame to the end of the clip:
 
-* a clicked frame is decoded by SAM2 from all of that frame's clicks (its point prompt) plus the
-  role's existing mask: for memory models as SAM2's mask input, as SAM2's interactive predictor
-  feeds its previous logits back with new clicks (``SAM2Base.track_step(...,
-  prev_sam_mask_logits=...)``); for ``per_frame`` models (SAM2 trained from scratch by our loop, on
-  prompts only) as an example prompt pooled from SAM2's features under the mask, the click disks
-  applied (``ReviosaModel.example_prompts``, the prompt such models are trained on);
+* a clicked frame is decoded by SAM2: for memory models from all of that frame's clicks (its
+  point prompt) plus the role's existing mask as SAM2's mask input, as SAM2's interactive
+  predictor feeds its previous logits back with new clicks (``SAM2Base.track_step(...,
+  prev_sam_mask_logits=...)``); for ``per_frame`` models (SAM2 trained by our stages on prompts)
+  from an example prompt pooled from SAM2's features under the mask with the click disks applied
+  (``ReviosaModel.example_prompts``, the prompt such models are trained on), the clicks acting
+  only through it (see ``_decode_clicks_per_frame``);
 * the click itself is always honoured: where the decoder leaves a clicked pixel with the wrong
   label (an untrained or small SAM2 may ignore clicks), a disk of ``CorrectionConfig.click_radius``
   around it takes the click's label;
@@ -188,23 +189,23 @@ def _decode_clicks(sam, feats, clicks: list[Click], current: np.ndarray, tracker
 
 
 def _decode_clicks_per_frame(model, feats, clicks: list[Click], current: np.ndarray, radius: float):
-    """A per_frame model's decode of a clicked frame: clicks plus an example prompt.
+    """A per_frame model's decode of a clicked frame: an example prompt of the clicked mask.
 
-    Such a SAM2 was trained on prompts, never on clicks or mask inputs (the built-in model, from
-    clicks and a mask input alone, covered a third of a 426x240 frame for one click). So the frame's
-    current mask, edited by the clicks' disks, is pooled into an example prompt and decoded with the
-    clicks (on a synthetic clip: IoU 0.98 with the mask it came from; from a disk under one
-    positive click, IoU 0.68 with the clicked object, against 0.29 from the click alone).
+    Such a SAM2 was trained on prompts, never on mask inputs (the built-in model, from clicks and a
+    mask input alone, covered a third of a 426x240 frame for one click). So the frame's current
+    mask, edited by the clicks' disks, is pooled into an example prompt and decoded alone. The
+    clicks are not given as points as well: on the built-in model of stage 2e, whose SAM2 reads
+    points, a negative click in an object's middle then kept 0.57-0.91 of the rest of it and a
+    negative click on a spilled-onto object kept 0.00-0.23 of the right one, against 0.97-1.00 and
+    0.57-0.61 from the example alone; a positive click on an object grew to 0.67-0.99 of it, 0.81-1.00
+    from the example alone (on examples/synth_push.mp4, frames 2, 5, 9, 14).
     """
     seed = _honour_clicks(current, clicks, radius)
     example = _example_prompt(model, feats, seed)
     if example is None:  # every pixel removed: the role is not on this frame
         return seed
-    h, w = current.shape
-    out = sam_ops.decode_prompted(
-        model.sam, feats, example.to(model.dtype), points=_points(model.sam, clicks, (h, w), feats)
-    )
-    return _honour_clicks(_to_frame(out["pred_masks"], (h, w)), clicks, radius)
+    out = sam_ops.decode_prompted(model.sam, feats, example.to(model.dtype))
+    return _honour_clicks(_to_frame(out["pred_masks"], current.shape), clicks, radius)
 
 
 def _points(sam, clicks: list[Click], size: tuple[int, int], feats) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,7 +19,14 @@ REPORT_DIR = Path("results/stages")
 REPORT = "report.md"
 # Section files in pipeline order (train.stages.STAGES names them; stage 2's later phases,
 # sam_pretrain runs from an earlier phase's weights, write their own sections).
-STAGE2 = ("sam_pretrain", "sam_pretrain_objects", "sam_pretrain_world", "sam_pretrain_world_more")
+STAGE2 = (
+    "sam_pretrain",
+    "sam_pretrain_objects",
+    "sam_pretrain_world",
+    "sam_pretrain_world_more",
+    "sam_pretrain_soft",
+    "sam_pretrain_attributes",
+)
 ORDER = ("vl_pretrain", *STAGE2, "sa2va", "reviosa", "ablation")
 
 

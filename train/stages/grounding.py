@@ -37,6 +37,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import shutil
 import time
 from collections import defaultdict
@@ -635,6 +636,15 @@ def config_of(args: argparse.Namespace) -> GroundingConfig:
                            world_seed=synth.seed, world_size=synth.size)  # fmt: skip
 
 
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """A hard link where the file system allows one (a train pool is 0.9 GB; pools are written
+    only where none exists, so the shared file is never rewritten in place), else a copy."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -644,7 +654,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("pool_train.pt", "pool_val.pt"):  # the pools depend on SAM2's encoder and the clips only
         given = Path(args.pool_from) / name if args.pool_from else None
         if given is not None and given.is_file() and not (out / name).exists():
-            shutil.copyfile(given, out / name)
+            _link_or_copy(given, out / name)
     model = build(args)
     if not (out / MODEL / "model.safetensors").is_file():
         train(model, cfg, out, args.resume)

@@ -15,10 +15,10 @@ LOG=results/stages/levers/grounding
 SLOW='stages=[{"start":0.0,"lr_scale":{"vision":0,"sam_encoder":0,"sam_other":0,"llm":0.1}}]'
 $PY -m train.stages.sa2va --stage1 "$S1" --stage2 "$S2" --out "$S3" --grounding-steps "${G3:-2500}" \
   --steps "${E3:-400}" --set data.soft_masks=true --set "$SLOW" --set eval.every=200 --report '' --resume \
-  2>&1 | grep -v Warning | tee -a "$LOG/stage3.txt"
+  2>&1 | grep --line-buffered -v Warning | tee -a "$LOG/stage3.txt"
 SPLIT=val bash scripts/score_candidate.sh "$S3" 40 0
 [ "${STOP_AFTER_STAGE3:-0}" = 1 ] && exit 0
 $PY -m train.stages.reviosa --stage3 "$S3" --out "$S4" --grounding-steps "${G4:-2000}" --steps "${E4:-300}" \
-  --set data.soft_masks=true --set "$SLOW" --report '' --resume 2>&1 | grep -v Warning | tee -a "$LOG/stage4.txt"
+  --set data.soft_masks=true --set "$SLOW" --report '' --resume 2>&1 | grep --line-buffered -v Warning | tee -a "$LOG/stage4.txt"
 SPLIT=val bash scripts/score_candidate.sh "$S4" 40 0
 bash scripts/score_candidate.sh "$S4" 30 1 2 3
