@@ -102,8 +102,9 @@ for MODEL in "$RUN/stage4/model" "$PF"; do
     $PY -m train.probes.probe_words breakdown --gt "$data" --split test --pred "$pred" > "$EVAL/breakdown_seed$seed.txt"
   done
 done
+# Each variant is stage 4's loop (soft targets, the LLM slowed) from stage 3's export, 100 steps
 $PY -m train.stages.ablation --stage3 "$RUN/stage3" --stage4 "$RUN/stage4" --out "$RUN/stage5" \
-  --seeds 1 2 3 --steps 100 --test-clips "$ABLATION_CLIPS"
+  --seeds 1 2 3 --steps 100 --test-clips "$ABLATION_CLIPS" --set data.soft_masks=true --set "$SLOW"
 $PY -m train.report
 if [ "$INSTALL" = 1 ]; then
   # stage 4 exports float16 (half the download; from_pretrained loads it as float32), so the

@@ -397,6 +397,10 @@ def stage12(recipe, tmp_path_factory):
     sam_pretrain.main(["--out", str(root / "s2d"), "--init", str(root / "s2c" / "sam.safetensors"), "--steps", "1",
                        "--val-clips", "2", "--frames", "3", "--objects", "2", "--world", "--examples",
                        "--seed", "1", *common])  # fmt: skip
+    # the fourth phase (stage 2e): soft targets and the attribute term, a section of its own
+    sam_pretrain.main(["--out", str(root / "s2e"), "--init", str(root / "s2d" / "sam.safetensors"), "--steps", "1",
+                       "--val-clips", "2", "--frames", "3", "--objects", "2", "--world", "--examples",
+                       "--soft-targets", "--attributes", "0.5", "--seed", "3", *common])  # fmt: skip
     return root
 
 
@@ -629,6 +633,7 @@ def test_stages_3_to_5_run_from_the_stage_files_and_report(stage12, recipe, tmp_
         report.index("Stage 2, second phase")
         < report.index("Stage 2, third phase:")
         < report.index("Stage 2, third phase continued")
+        < report.index("Stage 2, fourth phase: example prompts that read")
         < report.index("Stage 3")
     )
     assert report.index("Stage 3") < report.index("Stage 5")
