@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import Protocol
 
 import torch
 import yaml
@@ -14,6 +16,24 @@ from train.config import load_config
 from train.model import model_config
 
 RECIPE = "train/recipes/stages.yaml"
+
+
+class Schedule(Protocol):
+    """The schedule fields of a stage's own config (stage 2's, the grounding phase's)."""
+
+    steps: int
+    warmup: float
+    min_lr_ratio: float
+
+
+def lr_at(step: int, cfg: Schedule) -> float:
+    """Linear warm-up over ``cfg.warmup`` of the steps, then cosine to ``cfg.min_lr_ratio`` (a
+    factor of the config's lr)."""
+    warm = max(1, int(cfg.warmup * cfg.steps))
+    if step < warm:
+        return (step + 1) / warm
+    progress = (step - warm) / max(1, cfg.steps - warm)
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def parse_model_sets(items: list[str]) -> dict:

@@ -59,7 +59,7 @@ from reviosa.processor import keyframe_indices
 from train import losses
 from train.data import ACTOR_AND_TARGET, ACTOR_ONLY, coverage, grid_masks, sample_keyframes
 from train.probes.probe_words import DEFAULT_GROUPS, named
-from train.stages.common import RECIPE
+from train.stages.common import RECIPE, lr_at
 from train.stages.packing import Packed, Turn, pack
 from train.stages.sam_pretrain import jpeg_round_trip
 from train.stages.vl_pretrain import prefix_ids
@@ -488,15 +488,6 @@ def param_groups(model: ReviosaModel, cfg: GroundingConfig) -> list[dict]:
             layers = name.startswith("mllm.model.language_model") and "embed_tokens" not in name
             (slow if layers else fast).append(p)
     return [{"params": fast, "lr_scale": 1.0}, {"params": slow, "lr_scale": cfg.llm_lr_scale}]
-
-
-def lr_at(step: int, cfg: GroundingConfig) -> float:
-    """Linear warm-up, then cosine to ``min_lr_ratio`` (a factor of cfg.lr)."""
-    warm = max(1, int(cfg.warmup * cfg.steps))
-    if step < warm:
-        return (step + 1) / warm
-    progress = (step - warm) / max(1, cfg.steps - warm)
-    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + np.cos(np.pi * progress))
 
 
 def supervision(cfg: GroundingConfig) -> AttentionSupervision | None:

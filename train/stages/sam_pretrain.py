@@ -57,7 +57,7 @@ from reviosa.hooks import this_thread_only
 from train import report
 from train.losses import dice, sigmoid_ce
 from train.stages.clips import Backgrounds, Clip, full_area, random_clip
-from train.stages.common import RECIPE, load_parts, save_parts, stage_model_config
+from train.stages.common import RECIPE, load_parts, lr_at, save_parts, stage_model_config
 
 logger = logging.getLogger(__name__)
 
@@ -591,15 +591,6 @@ def gates(figures: dict[str, float]) -> list[report.Gate]:
 
 
 # --- training -------------------------------------------------------------------------------------
-
-
-def lr_at(step: int, cfg: SamPretrainConfig) -> float:
-    """Linear warm-up, then cosine to ``min_lr_ratio`` (a factor of cfg.lr)."""
-    warm = max(1, int(cfg.warmup * cfg.steps))
-    if step < warm:
-        return (step + 1) / warm
-    progress = (step - warm) / max(1, cfg.steps - warm)
-    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + np.cos(np.pi * progress))
 
 
 def save_sam(sam: nn.Module, path: Path, dtype: torch.dtype | None = None) -> None:
