@@ -46,7 +46,7 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 
 [ -f "$S1/mllm.safetensors" ] || $PY -m train.stages.vl_pretrain --out "$S1" --tower-steps 12000 --qa-steps 1500
 # The question phases that made the answer position know what its question names (docs/training.md,
-# "Sixteenth session" on): each from the one before, 16 clips and 8 questions a packed row
+# "Fourteenth session" and "Fifteenth session"): each from the one before, 16 clips and 8 questions a packed row
 QA=(--phase qa --qa-clips 16 --qa-questions 8 --every 250 --report '')
 [ -f "$S1B/mllm.safetensors" ] || $PY -m train.stages.vl_pretrain --out "$S1B" --init "$S1" --qa-steps 2000 "${QA[@]}"
 [ -f "$S1C/mllm.safetensors" ] || $PY -m train.stages.vl_pretrain --out "$S1C" --init "$S1B" --qa-steps 1500 \
