@@ -70,6 +70,14 @@ class SamConfig:
     # every frame is decoded from the prompt alone, exactly as training decodes frames; for models
     # whose SAM2 was trained from scratch by our loop, which never trains the memory modules.
     propagation: Literal["memory", "per_frame"] = "memory"
+    # What a correction's clicks become on the clicked frame (reviosa.correction). "points": SAM2's
+    # own clicks with the current mask as its mask input, as SAM2's interactive predictor does (real
+    # SAM2 weights). "example": the current mask, edited by the clicks, pooled into an example
+    # prompt and decoded alone, for a SAM2 trained by our stages on example prompts and never on
+    # mask inputs (the built-in model kept 0.00-0.10 of an object outside a negative click's disk
+    # from "points", 0.95-0.99 from "example").
+    # per_frame models always use "example": their later frames are decoded from that prompt.
+    click_prompt: Literal["points", "example"] = "points"
     # --- inference protocol (docs/checkpoints.md "Inference protocols"); defaults: ReVIOSa's own ---
     # Resize of a uint8 frame to image_size x image_size: "bilinear" (torch, no antialias) or
     # "pil_bicubic" (PIL's bicubic on uint8, as the Sa2VA / InterRVOS references do).

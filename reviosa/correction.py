@@ -4,13 +4,14 @@ re-propagates from it.
 A `Click` is (frame, role, (x, y), positive or negative), in pixels of the frames the tracks cover.
 For each role with clicks, from its first clicked frame to the end of the clip:
 
-* a clicked frame is decoded by SAM2: for memory models from all of that frame's clicks (its
-  point prompt) plus the role's existing mask as SAM2's mask input, as SAM2's interactive
-  predictor feeds its previous logits back with new clicks (``SAM2Base.track_step(...,
-  prev_sam_mask_logits=...)``); for ``per_frame`` models (SAM2 trained by our stages on prompts)
-  from an example prompt pooled from SAM2's features under the mask with the click disks applied
-  (``ReviosaModel.example_prompts``, the prompt such models are trained on), the clicks acting
-  only through it (see ``_decode_clicks_per_frame``);
+* a clicked frame is decoded by SAM2, as ``SamConfig.click_prompt`` says: "points", from all of
+  that frame's clicks (its point prompt) plus the role's existing mask as SAM2's mask input, as
+  SAM2's interactive predictor feeds its previous logits back with new clicks
+  (``SAM2Base.track_step(..., prev_sam_mask_logits=...)``); "example" (a SAM2 trained by our
+  stages on prompts; always for ``per_frame`` models), from an example prompt pooled from SAM2's
+  features under the mask with the click disks applied (``ReviosaModel.example_prompts``, the
+  prompt such models are trained on), the clicks acting only through it (see
+  ``_decode_clicks_example``);
 * the click itself is always honoured: where the decoder leaves a clicked pixel with the wrong
   label (an untrained or small SAM2 may ignore clicks), a disk of ``CorrectionConfig.click_radius``
   around it takes the click's label;
@@ -140,13 +141,17 @@ def _correct_role(model, video, track: MaskTrack, clicks: list[Click], config, r
             # The mask SAM2 gets with the clicks: the original one on the first clicked frame, the
             # re-propagated one on later clicked frames.
             current = track[t] if t == start else _propagated(model, tracker, example, feats, t, out[t])
-            if memory:
+            if memory and cfg.click_prompt == "points":
                 mask, sam_out = _decode_clicks(sam, feats, by_frame[t], current, tracker, t, video.num_frames)
                 mask = _honour_clicks(mask, by_frame[t], config.click_radius)
-                _store_condition(sam, tracker, feats, sam_out, mask, t)
             else:
-                mask = _decode_clicks_per_frame(model, feats, by_frame[t], current, config.click_radius)
-                example = _example_prompt(model, feats, mask)
+                mask, sam_out = _decode_clicks_example(
+                    model, feats, by_frame[t], current, config.click_radius
+                )
+                example = None if memory else _example_prompt(model, feats, mask)
+            if memory:
+                tracker.output_dict["non_cond_frame_outputs"].pop(t, None)  # replaced by the corrected frame
+                _store_condition(sam, tracker, feats, sam_out, mask, t)
         else:
             mask = _propagated(model, tracker, example, feats, t, out[t])
         out[t] = mask
@@ -178,7 +183,6 @@ def _decode_clicks(sam, feats, clicks: list[Click], current: np.ndarray, tracker
     bank = tracker.output_dict
     # A first conditioning frame reads no memory (SAM2 adds its "no memory" embedding instead).
     first = not bank["cond_frame_outputs"]
-    bank["non_cond_frame_outputs"].pop(t, None)  # replaced by the corrected frame
     out = sam.track_step(
         frame_idx=t, is_init_cond_frame=first, current_vision_feats=feats.vision_feats,
         current_vision_pos_embeds=feats.vision_pos, feat_sizes=feats.feat_sizes, point_inputs=points,
@@ -188,8 +192,9 @@ def _decode_clicks(sam, feats, clicks: list[Click], current: np.ndarray, tracker
     return _to_frame(out["pred_masks"], (h, w)), out
 
 
-def _decode_clicks_per_frame(model, feats, clicks: list[Click], current: np.ndarray, radius: float):
-    """A per_frame model's decode of a clicked frame: an example prompt of the clicked mask.
+def _decode_clicks_example(model, feats, clicks: list[Click], current: np.ndarray, radius: float):
+    """A clicked frame decoded from an example prompt of the clicked mask (``click_prompt``
+    "example", and every per_frame model).
 
     Such a SAM2 was trained on prompts, never on mask inputs (the built-in model, from clicks and a
     mask input alone, covered a third of a 426x240 frame for one click). So the frame's current
@@ -199,13 +204,19 @@ def _decode_clicks_per_frame(model, feats, clicks: list[Click], current: np.ndar
     negative click on a spilled-onto object kept 0.00-0.23 of the right one, against 0.97-1.00 and
     0.57-0.61 from the example alone; a positive click on an object grew to 0.67-0.99 of it, 0.81-1.00
     from the example alone (on examples/synth_push.mp4, frames 2, 5, 9, 14).
+
+    Returns the bool (H, W) mask and SAM2's output dict (a memory model stores its object pointer
+    with the corrected frame; the frame is decoded as a keyframe is, reading no memory).
     """
     seed = _honour_clicks(current, clicks, radius)
     example = _example_prompt(model, feats, seed)
-    if example is None:  # every pixel removed: the role is not on this frame
-        return seed
+    if example is None:
+        # Every pixel removed: the role is not on this frame. A zero prompt's decode only supplies
+        # the object pointer; the memory stores the empty mask with an absent object score.
+        top = feats.vision_feats[-1]
+        return seed, sam_ops.decode_prompted(model.sam, feats, top.new_zeros(1, 1, top.shape[-1]))
     out = sam_ops.decode_prompted(model.sam, feats, example.to(model.dtype))
-    return _honour_clicks(_to_frame(out["pred_masks"], current.shape), clicks, radius)
+    return _honour_clicks(_to_frame(out["pred_masks"], current.shape), clicks, radius), out
 
 
 def _points(sam, clicks: list[Click], size: tuple[int, int], feats) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,7 +12,7 @@
 #   4 reviosa      ([SEG_ACT]/[SEG_TAR] + AML on heads picked on stage 3, the same two phases)
 #                                                                          -> RUN/stage4/
 #   then predict --dataset + evaluate on fresh test splits of three seeds (stage 4 through SAM2's
-#   memory, and per frame: the built-in candidate, RUN/stage4/per_frame/), and
+#   memory: the built-in candidate, RUN/stage4/eval/; and per frame, RUN/stage4/per_frame/), and
 #   5 ablation     (Table 4: four variants from stage 3, three seeds)      -> RUN/stage5/
 # Every stage resumes from what its folder holds. RUN is checkpoints/ by default: what a later
 # stage or session needs is committed there (.gitignore leaves out optimizer states, generated
@@ -21,7 +21,7 @@
 # stage writes its section of results/stages/report.md. Sizes and times: docs/training.md ("The
 # stages").
 # Usage: scripts/reproduce_builtin.sh [RUN_DIR] [TEST_CLIPS] [INSTALL] [ABLATION_CLIPS]
-#   INSTALL=1 copies RUN/stage4/per_frame to reviosa/builtin (do it only when it beats the shipped one).
+#   INSTALL=1 copies RUN/stage4/model to reviosa/builtin (do it only when it beats the shipped one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=${1:-checkpoints}
@@ -78,9 +78,9 @@ $PY -m train.stages.sa2va --stage1 "$S1D" --stage2 "$S2E" --out "$RUN/stage3" --
 $PY -m train.stages.reviosa --stage3 "$RUN/stage3" --out "$RUN/stage4" --grounding-steps 2000 \
   --steps "${STAGE4_STEPS:-300}" --set data.soft_masks=true --set "$SLOW" --resume
 
-# The built-in candidate: stage 4's weights with SAM2 run per frame, not through its memory: per
-# frame beats the one-run model on all three figures of every test split and runs 2-3x as fast;
-# the memory scores Actor / Target higher, RVOS lower (docs/training.md, "Where the stages stand").
+# The built-in candidate is stage 4's export, tracking through SAM2's memory; the same weights run
+# per frame score 0.1-2.5 lower on every figure of every test split, 1.8x as fast
+# (docs/training.md, "Nineteenth session"), and are scored beside it.
 PF=$RUN/stage4/per_frame
 if [ ! -f "$PF/model.safetensors" ]; then
   rm -rf "$PF" && mkdir -p "$PF" && cp "$RUN"/stage4/model/* "$PF"/
@@ -110,9 +110,9 @@ if [ "$INSTALL" = 1 ]; then
   # stage 4 exports float16 (half the download; from_pretrained loads it as float32), so the
   # built-in weights are byte-identical to checkpoints/stage4/model and git stores them once
   rm -rf reviosa/builtin.new && mkdir reviosa/builtin.new
-  cp "$PF"/*.json "$PF"/*.safetensors reviosa/builtin.new/
-  mkdir reviosa/builtin.new/eval && cp "$PF"/eval/scores_seed* "$PF"/eval/breakdown_seed* "$RUN/stage4/train_config.json" \
-    reviosa/builtin.new/eval/
+  cp "$RUN"/stage4/model/*.json "$RUN"/stage4/model/*.safetensors reviosa/builtin.new/
+  mkdir reviosa/builtin.new/eval && cp "$RUN"/stage4/eval/scores_seed* "$RUN"/stage4/eval/breakdown_seed* \
+    "$RUN/stage4/train_config.json" reviosa/builtin.new/eval/
   rm -rf reviosa/builtin && mv reviosa/builtin.new reviosa/builtin
   echo "built-in model installed in reviosa/builtin"
 fi

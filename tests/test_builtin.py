@@ -20,11 +20,13 @@ def builtin():
     return from_pretrained("builtin")
 
 
-def test_builtin_loads_and_segments_per_frame(builtin):
+def test_builtin_loads_and_tracks_through_sams_memory(builtin):
     assert builtin.config.name == "reviosa-builtin"
-    # Stage 4 through SAM2's memory: 1.8-6.1 J&F lower on every figure of every test split, 2-3x slower
-    # (docs/training.md)
-    assert builtin.config.sam.propagation == "per_frame"
+    # Per frame, the same weights score 0.1-2.5 J&F lower on every figure of every test split
+    # (docs/training.md, "Nineteenth session")
+    assert builtin.config.sam.propagation == "memory"
+    # its SAM2 was trained on example prompts, never on mask inputs (reviosa.correction)
+    assert builtin.config.sam.click_prompt == "example"
     # stage 4's pick on stage 3 (checkpoints/stage4/heads)
     assert builtin.config.attention_supervision.layer == 2
 

@@ -1,7 +1,8 @@
 """reviosa.correction: clicks correct a track on one frame, and the frames after it are re-segmented.
 
-Tiny random models (SAM2 memory and per_frame propagation) for the contract; the built-in model
-(per_frame, trained) for what the re-decoding does to a real mask.
+Tiny random models (SAM2 memory propagation with clicks as points or as an example prompt, and
+per_frame) for the contract; the built-in model (trained) for what the re-decoding does to a real
+mask.
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ from reviosa.video import ArrayVideo, MaskTrack
 T, H, W = 8, 48, 64
 
 
-@pytest.fixture(scope="module", params=["memory", "per_frame"])
+@pytest.fixture(scope="module", params=["memory", "memory-example", "per_frame"])
 def model(request, tiny_tokenizer):
     from reviosa.config import tiny_config
     from reviosa.modeling import ReviosaModel
 
     config = tiny_config()
-    config.sam.propagation = request.param
+    config.sam.propagation = request.param.split("-")[0]
+    config.sam.click_prompt = "example" if request.param.endswith("example") else "points"
     torch.manual_seed(0)
     return ReviosaModel(config, tiny_tokenizer).eval()
 
@@ -61,6 +63,18 @@ def test_positive_click_adds_a_region_containing_it(model, video):
     assert target[5][40, 50] and target.areas()[5] >= 5
     assert target.areas()[:5].sum() == 0
     assert _equal(out["actor"], actor, range(T))  # the actor had no clicks
+
+
+def test_clicking_a_small_object_away_empties_its_frame(model, video):
+    """A negative click whose disk covers the whole mask leaves nothing to decode from: the frame
+    is empty (the example-prompt paths decode no prompt then; the memory stores an absent object)."""
+    if model.config.sam.propagation == "memory" and model.config.sam.click_prompt == "points":
+        pytest.skip("clicks as points: SAM2 decodes the frame from the click itself")
+    masks = np.zeros((T, H, W), dtype=bool)
+    masks[:, 20:22, 30:32] = True
+    fixed = correct_tracks(model, video, {"actor": masks, "target": None}, [Click(4, "actor", 30, 20, False)])
+    assert not fixed["actor"][4].any()
+    assert _equal(fixed["actor"], MaskTrack.from_array(masks), range(4))
 
 
 def test_same_clicks_same_result_so_undo_is_a_rerun(model, video):
@@ -110,8 +124,9 @@ def test_track_of_the_wrong_size_is_refused(model, video):
 
 
 def test_builtin_model_keeps_the_object_and_cuts_the_clicked_part():
-    """On a synthetic clip the built-in (per_frame) model's re-decoding keeps the clicked frame's
-    mask apart from the cut disk, and the frames after it keep following the same object."""
+    """On a synthetic clip the built-in model's re-decoding (an example prompt, then SAM2's memory)
+    keeps the clicked frame's mask apart from the cut disk, and the frames after it keep following
+    the same object."""
     from reviosa.hub import BUILTIN_DIR, WEIGHTS_NAME, from_pretrained
     from reviosa.video import VideoFile
     from studio.examples import EXAMPLES_DIR
