@@ -782,6 +782,42 @@ def test_grounding_batch_gives_the_prompts_of_the_plain_path(recipe):
     torch.testing.assert_close(pair[-1], union[0, 0], atol=1e-4, rtol=1e-4)
 
 
+def test_displacements_follow_the_cover_centroid():
+    """An object's move between keyframes in cells, from its cover; no move where it is not shown."""
+    from train.stages.grounding import displacements
+
+    cover = torch.zeros(2, 4, 8, 8)
+    for k in range(4):
+        cover[0, k, 2:4, 1 + k : 3 + k] = 1.0  # a 2x2 square one cell right a keyframe
+    cover[1, 0, 5:7, 5:7] = 1.0  # shown on keyframe 0 only (then hidden)
+    cover[1, 1, 5:7, 5:7] = 0.5  # half covered: still there, not moved
+    moved, valid = displacements(cover)
+    torch.testing.assert_close(moved[0, 1:], torch.tensor([[0.0, 1.0]] * 3))
+    assert valid[0].tolist() == [False, True, True, True]
+    assert valid[1].tolist() == [False, True, False, False]
+    torch.testing.assert_close(moved[1, 1], torch.zeros(2))
+
+
+def test_motion_term_is_zero_for_the_true_moves_and_one_for_none():
+    """The term is the relative squared error of the head's (dy, dx) under each object's cover:
+    states that carry the true move through an identity head give 0, a head that says no motion 1."""
+    from train.stages.grounding import PoolClip, displacements, motion_term
+
+    cover = torch.zeros(1, 3, 4, 4)
+    for k in range(3):
+        cover[0, k, k : k + 2, 0:2] = 1.0  # moving down one cell a keyframe
+    clip = PoolClip([0, 1, 2], np.zeros((3, 4, 4, 3), np.uint8), cover, cover, torch.zeros(1, 2),
+                    torch.ones(1), [])  # fmt: skip
+    moved, _ = displacements(cover)
+    states = (cover[0, ..., None] * moved[0, :, None, None, :])[None]  # (C, K, g, g, 2)
+    identity = torch.nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        identity.weight.copy_(torch.eye(2))
+        assert float(motion_term(identity, states, [clip])) < 1e-6
+        identity.weight.zero_()
+        assert float(motion_term(identity, states, [clip])) == pytest.approx(1.0)
+
+
 def test_grounding_stage_trains_the_language_side_resumes_and_exports(stage12, recipe, tmp_path):
     """Stage 3's grounding phase from the stage files: the projector, language model and prompt MLP
     train, the vision tower and SAM2 do not; a run stopped and resumed ends where an unbroken one
@@ -802,12 +838,15 @@ def test_grounding_stage_trains_the_language_side_resumes_and_exports(stage12, r
         "3",
         "--every",
         "1",
+        "--motion",
+        "1",
     ]
     stages = ["--stage1", str(stage12 / "s1"), "--stage2", str(stage12 / "s2d")]
     grounding.main([*stages, "--out", str(tmp_path / "a"), "--steps", "2", *common])
     records = json.loads((tmp_path / "a" / grounding.RECORDS).read_text())["records"]
     assert [r["step"] for r in records] == [0, 1, 2]
-    assert set(records[-1]["train"]) == {"text", "choice", "distill", "grounding"}
+    assert set(records[-1]["train"]) == {"text", "choice", "distill", "grounding", "motion"}
+    assert "motion" in records[-1]  # its held-out value
     model = from_pretrained(str(tmp_path / "a" / "model"))  # strict
     exported = load_file(str(tmp_path / "a" / "model" / "model.safetensors"))
     given = {
@@ -821,7 +860,7 @@ def test_grounding_stage_trains_the_language_side_resumes_and_exports(stage12, r
 
     assert same("mllm.model.vision_tower") and same("sam.")
     assert not same("mllm.model.multi_modal_projector") and not same("mllm.model.language_model")
-    # stopped after one step, then resumed: the unbroken run's weights
+    # stopped after one step, then resumed: the unbroken run's weights (the motion head resumed too)
     args = [*stages, "--steps", "2", *common]
     parsed = grounding.parse([*args, "--out", str(tmp_path / "b")])
     grounding.train(grounding.build(parsed), grounding.config_of(parsed), tmp_path / "b", False, stop_after=1)

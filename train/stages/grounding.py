@@ -21,7 +21,8 @@ of each role prompt over its clip's objects' example prompts (and the referent s
 several referents), CE on the referent; ``distill``, the relative squared error to the referent's
 example prompt; ``grounding`` (the recipe's contrastive term: the role state nearest its
 referent's vision tokens); ``aml``, the paper's attention mask loss on the supervised heads
-(stage 4 only: Sa2VA has none). The vision tower is frozen, as in stages 3-4; the projector,
+(stage 4 only: Sa2VA has none); ``motion`` (off unless given), a linear head's read of each
+object's move since the previous keyframe from the vision tokens after one LLM layer (`motion_term`). The vision tower is frozen, as in stages 3-4; the projector,
 language model and prompt MLP train. The mask decoder is the next phase's (the loop's stage 3 or 4
 from this export, ``model.kind: pretrained``).
 
@@ -97,6 +98,11 @@ class GroundingConfig:
     world_size: int = 128
     # training clips also get `attribute_singles` (validation clips never: they are the world's own)
     singles: bool = True
+    # The motion term (weight; 0: off): a linear head reads, from each keyframe's vision tokens after
+    # language-model layer ``motion_layer``, how far the object under them moved since the previous
+    # keyframe (see `motion_term`).
+    motion: float = 0.0
+    motion_layer: int = 1
 
 
 # --- the clip pool -----------------------------------------------------------------------------------
@@ -310,16 +316,20 @@ def make_batch(
 class Forward:
     """hidden float (C, L, D) last-layer states; logits float (N, V) at the supervised positions,
     targets long (N,) and turn long (N,) of each; rows float (Q, R, 1, H, K, g, g) the supervised
-    heads' attention of each role token over the vision tokens (None without AML)."""
+    heads' attention of each role token over the vision tokens (None without AML); layer float
+    (C, L, D) the states after language-model layer ``layer`` (None unless asked)."""
 
     hidden: torch.Tensor
     logits: torch.Tensor
     targets: torch.Tensor
     turn: torch.Tensor
     rows: torch.Tensor | None
+    layer: torch.Tensor | None = None
 
 
-def forward(model: ReviosaModel, batch: GroundBatch, aml: AttentionSupervision | None) -> Forward:
+def forward(
+    model: ReviosaModel, batch: GroundBatch, aml: AttentionSupervision | None, layer: int | None = None
+) -> Forward:
     p = batch.packed
     embeds = model.embed(p.input_ids, batch.pixels)
     capture = None
@@ -340,6 +350,7 @@ def forward(model: ReviosaModel, batch: GroundBatch, aml: AttentionSupervision |
             attention_mask=p.attention_mask,
             position_ids=p.position_ids,
             use_cache=False,
+            output_hidden_states=layer is not None,
         )
     hidden = out.last_hidden_state
     shift = p.labels[:, 1:]
@@ -348,8 +359,10 @@ def forward(model: ReviosaModel, batch: GroundBatch, aml: AttentionSupervision |
     if capture is not None:
         captured = capture.result().rows  # (C, slots, 1, H, K, g, g)
         rows = captured[p.row[:, None], 2 * slot[:, None] + torch.arange(2)]  # (Q, R, ...)
+    # hidden_states[0] is the input embeddings: layer i's output is entry i + 1
+    after = out.hidden_states[layer + 1] if layer is not None else None
     return Forward(hidden, model.mllm.lm_head(hidden[:, :-1][supervised]), shift[supervised],
-                   p.turn[:, 1:][supervised], rows)  # fmt: skip
+                   p.turn[:, 1:][supervised], rows, after)  # fmt: skip
 
 
 def role_states(hidden: torch.Tensor, batch: GroundBatch) -> torch.Tensor:
@@ -378,11 +391,60 @@ def role_maps(batch: GroundBatch, clips: list[PoolClip], kind: str) -> torch.Ten
     return torch.stack(out)
 
 
+def displacements(cover: torch.Tensor, min_area: float = 0.05) -> tuple[torch.Tensor, torch.Tensor]:
+    """How far each object moved since the previous keyframe, on the vision-token grid.
+
+    cover: float (N, K, g, g) each object's covered share of each cell. Returns float (N, K, 2),
+    (dy, dx) in cells between the cover's centroids on keyframes k - 1 and k (zeros on keyframe 0),
+    and bool (N, K) where both keyframes show the object (at least ``min_area`` cells of cover).
+    """
+    g = cover.shape[-1]
+    area = cover.sum((-2, -1))  # (N, K)
+    axis = torch.arange(g, dtype=cover.dtype)
+    y = (cover.sum(-1) * axis).sum(-1) / area.clamp_min(1e-6)
+    x = (cover.sum(-2) * axis).sum(-1) / area.clamp_min(1e-6)
+    centroid = torch.stack([y, x], -1)  # (N, K, 2)
+    shown = area >= min_area
+    moved = torch.zeros_like(centroid)
+    moved[:, 1:] = centroid[:, 1:] - centroid[:, :-1]
+    valid = torch.zeros_like(shown)
+    valid[:, 1:] = shown[:, 1:] & shown[:, :-1]
+    return moved, valid
+
+
+def motion_term(head: torch.nn.Module, states: torch.Tensor, clips: list[PoolClip]) -> torch.Tensor:
+    """The motion term: each keyframe's vision tokens, after a language-model layer, read how far
+    the object under them moved since the previous keyframe.
+
+    An example prompt says how an object looks on a frame, never how it moves, and stage 1's LLM
+    answers motion questions at 0.24: the grounding phase picks the referent of an expression that
+    names it by motion alone ("the object moving down", "object pushing another object") at
+    0.13-0.42. A causal language model can compare an object across keyframes only at a later
+    keyframe's tokens, which see the earlier ones; this term asks them to, densely: a linear
+    ``head`` maps each vision token's state to (dy, dx), fitted to the displacement of the objects
+    covering it (`displacements`), weighted by their cover. Relative squared error: 1 is what
+    predicting no motion scores.
+
+    states: float (C, K, g, g, D) the vision tokens' states of each clip's row.
+    """
+    err, norm = states.new_zeros(()), states.new_zeros(())
+    for c, clip in enumerate(clips):
+        moved, valid = displacements(clip.cover)  # (N, K, 2), (N, K)
+        weight = clip.cover * valid[..., None, None]  # (N, K, g, g)
+        pred = head(states[c].float())  # (K, g, g, 2)
+        diff = pred[None] - moved[:, :, None, None, :]  # (N, K, g, g, 2)
+        err = err + (weight * diff.pow(2).sum(-1)).sum()
+        norm = norm + (weight * moved.pow(2).sum(-1)[..., None, None]).sum()
+    return err / norm.clamp_min(1e-6)
+
+
 def terms_of(model: ReviosaModel, batch: GroundBatch, clips: list[PoolClip], cfg: GroundingConfig,
-             aml: AttentionSupervision | None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:  # fmt: skip
+             aml: AttentionSupervision | None, motion_head: torch.nn.Module | None = None,
+             ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:  # fmt: skip
     """Each term's mean over turns (text) or over present (turn, role) pairs; and the role prompts
-    float (Q, R, P)."""
-    fwd = forward(model, batch, aml)
+    float (Q, R, P). ``motion_head``: the motion term's head (with ``cfg.motion``)."""
+    motion = cfg.motion > 0 and motion_head is not None
+    fwd = forward(model, batch, aml, cfg.motion_layer if motion else None)
     q = len(batch.chosen)
     ce = F.cross_entropy(fwd.logits.float(), fwd.targets, reduction="none")
     count = torch.zeros(q).index_add(0, fwd.turn, torch.ones_like(ce))
@@ -416,6 +478,13 @@ def terms_of(model: ReviosaModel, batch: GroundBatch, clips: list[PoolClip], cfg
         terms["aml"] = (
             losses.attention_mask_loss(fwd.rows, role_maps(batch, clips, "grid"), weight) / weight.sum()
         )
+    if motion:
+        g = model.config.grid
+        vision = vision_positions_from_ids(batch.packed.input_ids, model.processor.ids.img_context, g)
+        layer = fwd.layer.gather(1, vision[..., None].expand(-1, -1, fwd.layer.shape[-1]))
+        terms["motion"] = motion_term(
+            motion_head, rearrange(layer, "c (k y x) d -> c k y x d", y=g, x=g), clips
+        )
     return terms, prompts
 
 
@@ -433,7 +502,7 @@ def level_of(text: str) -> str:
 
 
 @torch.no_grad()
-def evaluate(model: ReviosaModel, val: list[PoolClip], cfg: GroundingConfig, aml) -> dict:
+def evaluate(model: ReviosaModel, val: list[PoolClip], cfg: GroundingConfig, aml, motion_head=None) -> dict:
     """``pick``: the share of (expression, role) whose prompt is nearest (cosine) its referent's
     example among its clip's objects (and the set's own), overall, per role, and per caption type
     / level / role; ``answer``: the share of expressions whose whole answer the model would
@@ -444,7 +513,7 @@ def evaluate(model: ReviosaModel, val: list[PoolClip], cfg: GroundingConfig, aml
     for c0 in range(0, len(val), cfg.clips):
         clips = val[c0 : c0 + cfg.clips]
         batch = make_batch(model, clips, choose(clips, 0, cfg.two_tokens, None), cfg.two_tokens)
-        terms, prompts = terms_of(model, batch, clips, cfg, aml)
+        terms, prompts = terms_of(model, batch, clips, cfg, aml, motion_head)
         for k, v in terms.items():
             sums[k].append(float(v))
         fwd_ok = _answers_right(model, batch, aml)
@@ -511,6 +580,10 @@ def train(
     if aml is not None:
         model.config.attention_supervision = aml
     groups = param_groups(model, cfg)
+    # the motion term's head: trained here, never exported (the model reads no such head)
+    head = torch.nn.Linear(model.config.text.hidden_size, 2) if cfg.motion else None
+    if head is not None:
+        groups[0]["params"] = [*groups[0]["params"], *head.parameters()]
     opt = torch.optim.AdamW([{"params": g["params"], "lr": cfg.lr * g["lr_scale"]} for g in groups],
                             weight_decay=cfg.weight_decay)  # fmt: skip
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, cfg))
@@ -518,6 +591,8 @@ def train(
     if resume and (out / STATE).is_file():
         state = torch.load(out / STATE, weights_only=False)
         model.load_state_dict(state["model"], strict=False)
+        if head is not None:
+            head.load_state_dict(state["motion_head"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         start, records = state["step"], json.loads((out / RECORDS).read_text())["records"]
@@ -525,7 +600,7 @@ def train(
     pool = build_pool(model, cfg, "train", cfg.pool, out / "pool_train.pt")
     val = build_pool(model, cfg, "val", cfg.val_clips, out / "pool_val.pt")
     if not records:
-        records.append({"step": 0, **evaluate(model, val, cfg, aml), "seconds": 0.0})
+        records.append({"step": 0, **evaluate(model, val, cfg, aml, head), "seconds": 0.0})
         log(_line(records[-1]))
     model.train()
     sums, t0 = defaultdict(list), time.perf_counter()
@@ -533,7 +608,7 @@ def train(
         rng = np.random.default_rng([cfg.seed, 4, step])
         clips = [pool[int(i)] for i in rng.choice(len(pool), size=cfg.clips, replace=False)]
         batch = make_batch(model, clips, choose(clips, cfg.turns, cfg.two_tokens, rng), cfg.two_tokens)
-        terms, _ = terms_of(model, batch, clips, cfg, aml)
+        terms, _ = terms_of(model, batch, clips, cfg, aml, head)
         loss = total_loss(terms, cfg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -544,29 +619,39 @@ def train(
             sums[k].append(float(v.detach()))
         if step % cfg.every == 0 or step == cfg.steps:
             record = {"step": step, "train": {k: float(np.mean(v)) for k, v in sums.items()},
-                      **evaluate(model, val, cfg, aml), "lr": float(sched.get_last_lr()[0])}  # fmt: skip
+                      **evaluate(model, val, cfg, aml, head), "lr": float(sched.get_last_lr()[0])}  # fmt: skip
             record["seconds"] = time.perf_counter() - t0 + records[-1]["seconds"]
             t0, sums = time.perf_counter(), defaultdict(list)
             records.append(record)
             log(_line(record))
-            _checkpoint(model, opt, sched, step, cfg, records, out)
+            _checkpoint(model, opt, sched, step, cfg, records, out, head)
     return records
 
 
 def _line(record: dict) -> str:
     pick = record["pick"]
-    levels = " ".join(f"{k} {v[0]:.3f}" for k, v in pick.items() if "/" in k and "unidirectional" in k)
+    levels = " ".join(f"{k} {v[0]:.3f}" for k, v in pick.items()
+                      if "/" in k and ("unidirectional" in k or "neither" in k))  # fmt: skip
+    motion = f" motion {record['motion']:.3f}" if "motion" in record else ""
     return (f"step {record['step']} pick {pick.get('all', [0])[0]:.3f} actor {pick.get('actor', [0])[0]:.3f} "
-            f"target {pick.get('target', [0])[0]:.3f} answer {record['answer']:.3f} | {levels}")  # fmt: skip
+            f"target {pick.get('target', [0])[0]:.3f} answer {record['answer']:.3f}{motion} | {levels}")  # fmt: skip
 
 
-def _checkpoint(model, opt, sched, step, cfg, records, out: Path) -> None:
+def _checkpoint(model, opt, sched, step, cfg, records, out: Path, head=None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     trained = {n for n, p in model.named_parameters() if p.requires_grad}
     state = {k: v for k, v in model.state_dict().items() if k in trained}
     tmp = out / (STATE + ".tmp")
+    extra = {"motion_head": head.state_dict()} if head is not None else {}
     torch.save(
-        {"model": state, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step}, tmp
+        {
+            "model": state,
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "step": step,
+            **extra,
+        },
+        tmp,
     )
     tmp.replace(out / STATE)
     (out / RECORDS).write_text(json.dumps({"config": asdict(cfg), "records": records}, indent=2) + "\n")
@@ -606,7 +691,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     defaults = GroundingConfig()
     for name in ("steps", "clips", "turns", "pool", "lr", "llm_lr_scale", "text", "choice", "distill",
-                 "grounding", "aml", "aml_layer", "val_clips", "every", "seed"):  # fmt: skip
+                 "grounding", "aml", "aml_layer", "motion", "motion_layer", "val_clips", "every", "seed"):  # fmt: skip
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(getattr(defaults, name)),
                             default=getattr(defaults, name))  # fmt: skip
     parser.add_argument("--aml-heads", type=int, nargs="*", default=[])

@@ -77,6 +77,10 @@ def main(argv: list[str] | None = None) -> None:
         "--grounding-steps", type=int, default=0,
         help="first the grounding phase (two role tokens, AML on the chosen heads) into OUT/grounding",
     )  # fmt: skip
+    parser.add_argument(
+        "--motion", type=float, default=0.0,
+        help="the grounding phase's motion term (train.stages.grounding.motion_term; 0: off)",
+    )  # fmt: skip
     parser.add_argument("--samples", type=int, default=200, help="validation expressions for select-heads")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a recipe field")
     parser.add_argument("--resume", action="store_true")
@@ -92,7 +96,8 @@ def main(argv: list[str] | None = None) -> None:
         from train.stages import grounding
 
         phase = ["--init", str(stage3 / "model"), "--recipe", args.recipe, "--two-tokens", "--aml", "1",
-                 "--aml-layer", str(layer), "--aml-heads", *map(str, heads), "--pool-from", str(stage3 / "grounding")]  # fmt: skip
+                 "--aml-layer", str(layer), "--aml-heads", *map(str, heads), "--pool-from", str(stage3 / "grounding"),
+                 "--motion", str(args.motion)]  # fmt: skip
         grounding.main(
             [*phase, "--out", str(out / "grounding"), "--steps", str(args.grounding_steps), "--resume"]
         )

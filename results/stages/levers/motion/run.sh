@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Lever: stage 4's grounding phase with the motion term (train.stages.grounding.motion_term: the
+# keyframes' vision tokens after LLM layer 1 read how far the object under them moved since the
+# previous keyframe), the rest as the committed stage 4 (its head pick copied, the loop 300 steps).
+# The gate before the test splits: the grounding phase's held-out pick for expressions that name
+# neither colour nor shape, then predict over the whole validation split through SAM2's memory.
+#   bash results/stages/levers/motion/run.sh OUT4
+set -euo pipefail
+cd "$(dirname "$0")/../../../.."
+PY=.venv/bin/python
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+S4=$1
+LOG=results/stages/levers/motion
+SLOW='stages=[{"start":0.0,"lr_scale":{"vision":0,"sam_encoder":0,"sam_other":0,"llm":0.1}}]'
+mkdir -p "$S4" && [ -d "$S4/heads" ] || cp -r checkpoints/stage4/heads "$S4/"
+$PY -m train.stages.reviosa --stage3 checkpoints/stage3 --out "$S4" --grounding-steps "${G4:-2000}" \
+  --motion "${MOTION:-1}" --steps "${E4:-300}" --set data.soft_masks=true --set "$SLOW" --report '' --resume \
+  2>&1 | grep --line-buffered -v Warning | tee -a "$LOG/stage4.txt"
+SPLIT=val bash scripts/score_candidate.sh "$S4" 40 0
+[ "${STOP_AFTER_VAL:-0}" = 1 ] && exit 0
+bash scripts/score_candidate.sh "$S4" 30 1 2 3
