@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from reviosa.attention import vision_positions_from_ids
 from reviosa.hub import from_pretrained
 from train.stages import grounding as G
 
@@ -31,15 +32,14 @@ def main(run: Path) -> None:
     val = G.build_pool(model, cfg, "val", cfg.val_clips, run / "pool_val.pt")
     aml = G.supervision(cfg)
     g = model.config.grid
-    direction, named_dir, attend, pick = defaultdict(list), defaultdict(list), defaultdict(list), defaultdict(list)
+    direction, named_dir = defaultdict(list), defaultdict(list)
+    attend, pick = defaultdict(list), defaultdict(list)
     words = {"up": (-1, 0), "down": (1, 0), "left": (0, -1), "right": (0, 1)}
     with torch.no_grad():
         for c0 in range(0, len(val), cfg.clips):
             clips = val[c0 : c0 + cfg.clips]
             batch = G.make_batch(model, clips, G.choose(clips, 0, True, None), True)
             fwd = G.forward(model, batch, aml, layer=1)
-            from reviosa.attention import vision_positions_from_ids
-
             vis = vision_positions_from_ids(batch.packed.input_ids, model.processor.ids.img_context, g)
             layer = fwd.layer.gather(1, vis[..., None].expand(-1, -1, fwd.layer.shape[-1]))
             layer = layer.reshape(len(clips), -1, g, g, layer.shape[-1])  # (C, K, g, g, D)
@@ -54,7 +54,9 @@ def main(run: Path) -> None:
                     if true.abs().max() >= 1.0:
                         est = (pred_obj[n] * valid[n, :, None]).sum(0)
                         axis = int(true.abs().argmax())
-                        direction["moving objects"].append(float(torch.sign(est[axis]) == torch.sign(true[axis])))
+                        direction["moving objects"].append(
+                            float(torch.sign(est[axis]) == torch.sign(true[axis]))
+                        )
                 for text, ctype, actor, _ in clip.expressions:
                     for word, (dy, dx) in words.items():
                         if ctype == "single" and text == f"the object moving {word}":
