@@ -19,3 +19,7 @@ $PY -m train.stages.reviosa --stage3 checkpoints/stage3 --out "$S4" --grounding-
 SPLIT=val bash scripts/score_candidate.sh "$S4" 40 0
 [ "${STOP_AFTER_VAL:-0}" = 1 ] && exit 0
 bash scripts/score_candidate.sh "$S4" 30 1 2 3
+# The grounding phase alone for 4000 steps (does a longer phase let the role tokens use the motion?):
+#   .venv/bin/python -m train.stages.grounding --init checkpoints/stage3/model --two-tokens --aml 1 \
+#     --aml-layer 2 --aml-heads 2 0 3 1 --pool-from runs/g4m/grounding --motion 1 --steps 4000 --every 500 \
+#     --out runs/g4m4k/grounding --resume                                      # grounding4k_records.json
