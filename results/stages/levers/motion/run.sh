@@ -23,3 +23,7 @@ bash scripts/score_candidate.sh "$S4" 30 1 2 3
 #   .venv/bin/python -m train.stages.grounding --init checkpoints/stage3/model --two-tokens --aml 1 \
 #     --aml-layer 2 --aml-heads 2 0 3 1 --pool-from runs/g4m/grounding --motion 1 --steps 4000 --every 500 \
 #     --out runs/g4m4k/grounding --resume                                      # grounding4k_records.json
+# AML weighted 5x on expressions naming neither colour nor shape, with the motion term (the switch is
+# not in the tree: aml_neither.patch, applied to a worktree):
+#   .venv/bin/python -m train.stages.grounding ... --motion 1 --aml-neither 5 --steps 2000 --every 500 \
+#     --out runs/g4n/grounding --resume                                # grounding_aml_neither_records.json
