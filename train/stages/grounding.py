@@ -22,8 +22,9 @@ several referents), CE on the referent; ``distill``, the relative squared error 
 example prompt; ``grounding`` (the recipe's contrastive term: the role state nearest its
 referent's vision tokens); ``aml``, the paper's attention mask loss on the supervised heads
 (stage 4 only: Sa2VA has none); ``motion`` (off unless given), a linear head's read of each
-object's move since the previous keyframe from the vision tokens after one LLM layer (`motion_term`). The vision tower is frozen, as in stages 3-4; the projector,
-language model and prompt MLP train. The mask decoder is the next phase's (the loop's stage 3 or 4
+object's move since the previous keyframe from the vision tokens after one LLM layer
+(`motion_term`). The vision tower is frozen, as in stages 3-4; the projector, language model and
+prompt MLP train. The mask decoder is the next phase's (the loop's stage 3 or 4
 from this export, ``model.kind: pretrained``).
 
 Held-out figure: the share of role prompts whose nearest example prompt among their clip's
@@ -48,7 +49,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 
 from reviosa import sam as sam_ops
 from reviosa.attention import AttentionCapture, vision_positions_from_ids
@@ -59,6 +59,7 @@ from reviosa.modeling import ReviosaModel
 from reviosa.processor import keyframe_indices
 from train import losses
 from train.data import ACTOR_AND_TARGET, ACTOR_ONLY, coverage, grid_masks, sample_keyframes
+from train.objective import vision_token_states
 from train.probes.probe_words import DEFAULT_GROUPS, named
 from train.stages.common import RECIPE, lr_at
 from train.stages.packing import Packed, Turn, pack
@@ -466,10 +467,7 @@ def terms_of(model: ReviosaModel, batch: GroundBatch, clips: list[PoolClip], cfg
     terms["choice"], terms["distill"] = torch.stack(choice).mean(), torch.stack(distill).mean()
     weight = present.float()
     if cfg.grounding:
-        g = model.config.grid
-        vision = vision_positions_from_ids(batch.packed.input_ids, model.processor.ids.img_context, g)
-        vstates = fwd.hidden.gather(1, vision[..., None].expand(-1, -1, fwd.hidden.shape[-1]))
-        vstates = rearrange(vstates, "c (k y x) d -> c k y x d", y=g, x=g)[batch.packed.row]
+        vstates = vision_token_states(fwd.hidden, batch.packed.input_ids, model)[batch.packed.row]
         cover = role_maps(batch, clips, "cover")
         terms["grounding"] = (
             losses.grounding_loss(states, vstates, cover, weight, cfg.scale, "contrastive") / weight.sum()
@@ -479,12 +477,8 @@ def terms_of(model: ReviosaModel, batch: GroundBatch, clips: list[PoolClip], cfg
             losses.attention_mask_loss(fwd.rows, role_maps(batch, clips, "grid"), weight) / weight.sum()
         )
     if motion:
-        g = model.config.grid
-        vision = vision_positions_from_ids(batch.packed.input_ids, model.processor.ids.img_context, g)
-        layer = fwd.layer.gather(1, vision[..., None].expand(-1, -1, fwd.layer.shape[-1]))
-        terms["motion"] = motion_term(
-            motion_head, rearrange(layer, "c (k y x) d -> c k y x d", y=g, x=g), clips
-        )
+        vstates = vision_token_states(fwd.layer, batch.packed.input_ids, model)  # (C, K, g, g, D)
+        terms["motion"] = motion_term(motion_head, vstates, clips)
     return terms, prompts
 
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from reviosa.attention import vision_positions_from_ids
 from reviosa.hub import from_pretrained
+from train.objective import vision_token_states
 from train.stages import grounding as G
 
 
@@ -31,7 +31,6 @@ def main(run: Path) -> None:
     cfg = G.GroundingConfig(two_tokens=True, aml_layer=2, aml_heads=(2, 0, 3, 1), aml=1.0, motion=1.0)
     val = G.build_pool(model, cfg, "val", cfg.val_clips, run / "pool_val.pt")
     aml = G.supervision(cfg)
-    g = model.config.grid
     direction, named_dir = defaultdict(list), defaultdict(list)
     attend, pick = defaultdict(list), defaultdict(list)
     words = {"up": (-1, 0), "down": (1, 0), "left": (0, -1), "right": (0, 1)}
@@ -40,9 +39,7 @@ def main(run: Path) -> None:
             clips = val[c0 : c0 + cfg.clips]
             batch = G.make_batch(model, clips, G.choose(clips, 0, True, None), True)
             fwd = G.forward(model, batch, aml, layer=1)
-            vis = vision_positions_from_ids(batch.packed.input_ids, model.processor.ids.img_context, g)
-            layer = fwd.layer.gather(1, vis[..., None].expand(-1, -1, fwd.layer.shape[-1]))
-            layer = layer.reshape(len(clips), -1, g, g, layer.shape[-1])  # (C, K, g, g, D)
+            layer = vision_token_states(fwd.layer, batch.packed.input_ids, model)  # (C, K, g, g, D)
             prompts = model.prompt_proj(G.role_states(fwd.hidden, batch))
             for c, clip in enumerate(clips):
                 moved, valid = G.displacements(clip.cover)  # (N, K, 2)
