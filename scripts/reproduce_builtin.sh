@@ -80,28 +80,10 @@ $PY -m train.stages.reviosa --stage3 "$RUN/stage3" --out "$RUN/stage4" --groundi
 
 # The built-in candidate is stage 4's export, tracking through SAM2's memory; the same weights run
 # per frame score 0.1-2.5 lower on every figure of every test split, 1.8x as fast
-# (docs/training.md, "Nineteenth session"), and are scored beside it.
-PF=$RUN/stage4/per_frame
-if [ ! -f "$PF/model.safetensors" ]; then
-  rm -rf "$PF" && mkdir -p "$PF" && cp "$RUN"/stage4/model/* "$PF"/
-  $PY -c 'import sys; from reviosa.config import ReviosaConfig
-c = ReviosaConfig.load(sys.argv[1]); c.sam.propagation = "per_frame"; c.save(sys.argv[1])' "$PF"
-fi
-for MODEL in "$RUN/stage4/model" "$PF"; do
-  if [ "$MODEL" = "$PF" ]; then EVAL=$PF/eval; else EVAL=$RUN/stage4/eval; fi
-  mkdir -p "$EVAL"
-  for seed in 1 2 3; do
-    data=$RUN/stage4/test_seed$seed
-    pred=$EVAL/seed$seed.results.json
-    [ -d "$data/test" ] || $PY -m reviosa synth --out "$data" --split test --clips "$CLIPS" --seed "$seed"
-    [ -f "$EVAL/scores_seed$seed.json" ] && continue
-    $PY -m reviosa predict --dataset "$data" --split test --model "$MODEL" --out "$pred"
-    $PY -m reviosa evaluate --gt "$data" --split test --pred "$pred" \
-      --json "$EVAL/scores_seed$seed.json" | tee "$EVAL/scores_seed$seed.txt"
-    # J&F by what the expression names (colour, shape, neither): the README's breakdown
-    $PY -m train.probes.probe_words breakdown --gt "$data" --split test --pred "$pred" > "$EVAL/breakdown_seed$seed.txt"
-  done
-done
+# (docs/training.md, "Nineteenth session"), and are scored beside it; each with the README's
+# breakdown by what the expression names (colour, shape, neither). Test splits: runs/test_clips*_seed*.
+bash scripts/score_candidate.sh "$RUN/stage4" "$CLIPS" 1 2 3
+PROPAGATION=per_frame bash scripts/score_candidate.sh "$RUN/stage4" "$CLIPS" 1 2 3
 # Each variant is stage 4's loop (soft targets, the LLM slowed) from stage 3's export, 100 steps
 $PY -m train.stages.ablation --stage3 "$RUN/stage3" --stage4 "$RUN/stage4" --out "$RUN/stage5" \
   --seeds 1 2 3 --steps 100 --test-clips "$ABLATION_CLIPS" --set data.soft_masks=true --set "$SLOW"
