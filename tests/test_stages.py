@@ -4,6 +4,7 @@ its checkpoint loading strictly into the next stage, and the report."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
 
 import numpy as np
@@ -818,6 +819,63 @@ def test_motion_term_is_zero_for_the_true_moves_and_one_for_none():
         assert float(motion_term(identity, states, [clip])) == pytest.approx(1.0)
 
 
+def test_role_term_reads_who_acts_on_whom_from_the_expressions():
+    """Roles come from the clip's interaction expressions, a passive one flipped ("B pushed by A":
+    A acts); the term is ~0 for states that carry the roles through an identity head and 3 ln 2 for
+    a head that says nothing; the order figure is 1 for those states and 0 with actor and target
+    swapped."""
+    from train.stages.grounding import PoolClip, interaction_roles, role_order, role_term
+
+    cover = torch.zeros(4, 3, 4, 4)
+    for n in range(4):
+        cover[n, :, n, :2] = 1.0  # each object one row of its own
+    expressions = [
+        ("red square pushing the blue circle", "unidirectional", [0], [1]),
+        ("blue circle being pushed by the red square", "unidirectional", [1], [0]),
+        ("two objects bumping into each other", "bidirectional", [2, 3], []),
+        ("the red square", "single", [0], []),
+    ]
+    clip = PoolClip([0, 1, 2], np.zeros((3, 4, 4, 3), np.uint8), cover, cover, torch.zeros(4, 2),
+                    torch.ones(4), expressions)  # fmt: skip
+    roles = interaction_roles(clip)
+    assert roles.tolist() == [[1, 0, 0], [0, 1, 0], [0, 0, 1], [0, 0, 1]]
+    signs = 2 * roles - 1  # (N, 3)
+    states = (20 * cover[..., None] * signs[:, None, None, None, :]).sum(0)[None]  # (C, K, g, g, 3)
+    identity = torch.nn.Linear(3, 3, bias=False)
+    with torch.no_grad():
+        identity.weight.copy_(torch.eye(3))
+        assert float(role_term(identity, states, [clip])) < 1e-6
+        assert role_order(identity, states, [clip]) == [1.0]
+        assert role_order(identity, states[..., [1, 0, 2]], [clip]) == [0.0]
+        identity.weight.zero_()
+        assert float(role_term(identity, states, [clip])) == pytest.approx(3 * math.log(2))
+
+
+def test_role_query_term_asks_each_role_token_for_its_referents_side():
+    """[SEG_ACT] of an active expression refers to the one acting, of a passive one to the one acted
+    on, [SEG_TAR] the other way round; single expressions give no target; the term is ~0 when the
+    states carry those sides through an identity head."""
+    from train.stages.grounding import Chosen, GroundBatch, query_roles, role_query_term
+
+    chosen = [
+        Chosen(0, "object pushing another object", "unidirectional", ([0], [1])),
+        Chosen(0, "object being pushed by another object", "unidirectional", ([1], [0])),
+        Chosen(0, "the red square", "single", ([0], [])),
+    ]
+    positions = torch.tensor([[5, 6], [9, 10], [12, -1]])
+    batch = GroundBatch(packed=None, pixels=None, positions=positions, chosen=chosen)
+    labels, has = query_roles(batch)
+    assert has.tolist() == [[True, True], [True, True], [False, False]]
+    assert labels[0].tolist() == [[1, 0, 0], [0, 1, 0]]
+    assert labels[1].tolist() == [[0, 1, 0], [1, 0, 0]]
+    states = 20 * (2 * labels - 1)  # (Q, R, 3)
+    identity = torch.nn.Linear(3, 3, bias=False)
+    with torch.no_grad():
+        identity.weight.copy_(torch.eye(3))
+        assert float(role_query_term(identity, states, batch)) < 1e-6
+        assert float(role_query_term(identity, -states, batch)) > 10
+
+
 def test_grounding_stage_trains_the_language_side_resumes_and_exports(stage12, recipe, tmp_path):
     """Stage 3's grounding phase from the stage files: the projector, language model and prompt MLP
     train, the vision tower and SAM2 do not; a run stopped and resumed ends where an unbroken one
@@ -840,13 +898,17 @@ def test_grounding_stage_trains_the_language_side_resumes_and_exports(stage12, r
         "1",
         "--motion",
         "1",
+        "--roles",
+        "1",
+        "--role-query",
+        "1",
     ]
     stages = ["--stage1", str(stage12 / "s1"), "--stage2", str(stage12 / "s2d")]
     grounding.main([*stages, "--out", str(tmp_path / "a"), "--steps", "2", *common])
     records = json.loads((tmp_path / "a" / grounding.RECORDS).read_text())["records"]
     assert [r["step"] for r in records] == [0, 1, 2]
-    assert set(records[-1]["train"]) == {"text", "choice", "distill", "grounding", "motion"}
-    assert "motion" in records[-1]  # its held-out value
+    assert set(records[-1]["train"]) == {"text", "choice", "distill", "grounding", "motion", "roles", "role_query"}
+    assert "motion" in records[-1] and "roles" in records[-1]  # their held-out values
     model = from_pretrained(str(tmp_path / "a" / "model"))  # strict
     exported = load_file(str(tmp_path / "a" / "model" / "model.safetensors"))
     given = {
@@ -860,7 +922,7 @@ def test_grounding_stage_trains_the_language_side_resumes_and_exports(stage12, r
 
     assert same("mllm.model.vision_tower") and same("sam.")
     assert not same("mllm.model.multi_modal_projector") and not same("mllm.model.language_model")
-    # stopped after one step, then resumed: the unbroken run's weights (the motion head resumed too)
+    # stopped after one step, then resumed: the unbroken run's weights (the dense heads resumed too)
     args = [*stages, "--steps", "2", *common]
     parsed = grounding.parse([*args, "--out", str(tmp_path / "b")])
     grounding.train(grounding.build(parsed), grounding.config_of(parsed), tmp_path / "b", False, stop_after=1)

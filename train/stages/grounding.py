@@ -54,7 +54,7 @@ from reviosa import sam as sam_ops
 from reviosa.attention import AttentionCapture, vision_positions_from_ids
 from reviosa.config import AttentionSupervision
 from reviosa.data.synth import WorldConfig, make_clip
-from reviosa.data.synth_language import Description, SceneFacts
+from reviosa.data.synth_language import VERBS, Description, SceneFacts
 from reviosa.modeling import ReviosaModel
 from reviosa.processor import keyframe_indices
 from train import losses
@@ -100,10 +100,17 @@ class GroundingConfig:
     # training clips also get `attribute_singles` (validation clips never: they are the world's own)
     singles: bool = True
     # The motion term (weight; 0: off): a linear head reads, from each keyframe's vision tokens after
-    # language-model layer ``motion_layer``, how far the object under them moved since the previous
+    # language-model layer ``dense_layer``, how far the object under them moved since the previous
     # keyframe (see `motion_term`).
     motion: float = 0.0
-    motion_layer: int = 1
+    # The role term (weight; 0: off): a linear head reads, from the same tokens of the later
+    # keyframes, whether the object under them acts on another, is acted on, or takes part in a
+    # mutual interaction (see `role_term`).
+    roles: float = 0.0
+    # The role query term (weight; 0: off): the role term's head reads from each role token's state,
+    # after the same layer, which side of its interaction its referent is on (see `role_query_term`).
+    role_query: float = 0.0
+    dense_layer: int = 1
 
 
 # --- the clip pool -----------------------------------------------------------------------------------
@@ -439,13 +446,125 @@ def motion_term(head: torch.nn.Module, states: torch.Tensor, clips: list[PoolCli
     return err / norm.clamp_min(1e-6)
 
 
+def is_passive(text: str) -> bool:
+    """A unidirectional expression written from the one acted on ("B chased by A")."""
+    return any(passive in text for _, passive in VERBS.values())
+
+
+def interaction_roles(clip: PoolClip) -> torch.Tensor:
+    """float (N, 3): whether each object of the clip acts on another (column 0: it chases, pushes,
+    follows, circles or hits), is acted on (1), or takes part in a mutual interaction (2), read from
+    its expressions (a passive one names the one acted on first)."""
+    roles = torch.zeros(clip.cover.shape[0], 3)
+    for text, caption_type, first, second in clip.expressions:
+        if caption_type == "unidirectional":
+            actor, target = (second, first) if is_passive(text) else (first, second)
+            roles[actor, 0], roles[target, 1] = 1.0, 1.0
+        elif caption_type == "bidirectional":
+            roles[first, 2] = 1.0
+    return roles
+
+
+def role_term(head: torch.nn.Module, states: torch.Tensor, clips: list[PoolClip]) -> torch.Tensor:
+    """The role term: the later keyframes' vision tokens, after a language-model layer, read which
+    side of an interaction the object under them is on.
+
+    The role prompts find the pair of "object chasing another object" but pick its actor at chance
+    (0.35-0.40 of such expressions): the motion term taught the tokens each object's own move, yet
+    no query selected by it, since who acts on whom is a relation between two paths (the chaser is
+    behind and faster, the pusher walks up to a still one). This term asks the tokens for that
+    relation itself, as the name term asked them for colour words: a linear ``head`` maps each
+    vision token's state to three logits (`interaction_roles`), binary cross-entropy weighted by
+    each object's cover. Keyframe 0 is left out: a causal language model sees no path there.
+
+    states: float (C, K, g, g, D) the vision tokens' states of each clip's row.
+    """
+    loss, norm = states.new_zeros(()), states.new_zeros(())
+    for c, clip in enumerate(clips):
+        labels = interaction_roles(clip)  # (N, 3)
+        logits = head(states[c, 1:].float())  # (K-1, g, g, 3)
+        n = len(labels)
+        bce = F.binary_cross_entropy_with_logits(
+            logits[None].expand(n, *logits.shape),
+            labels[:, None, None, None, :].expand(n, *logits.shape),
+            reduction="none",
+        ).sum(-1)  # (N, K-1, g, g)
+        weight = clip.cover[:, 1:]
+        loss = loss + (weight * bce).sum()
+        norm = norm + weight.sum()
+    return loss / norm.clamp_min(1e-6)
+
+
+@torch.no_grad()
+def role_order(head: torch.nn.Module, states: torch.Tensor, clips: list[PoolClip]) -> list[float]:
+    """For each unidirectional pair of the clips: 1.0 where the head's actor-minus-acted-on logit,
+    averaged under each side's cover on the later keyframes, is higher on the one that acts."""
+    out = []
+    for c, clip in enumerate(clips):
+        logits = head(states[c, 1:].float())  # (K-1, g, g, 3)
+        score = logits[..., 0] - logits[..., 1]
+        weight = clip.cover[:, 1:]  # (N, K-1, g, g)
+        per_object = (weight * score[None]).sum((1, 2, 3)) / weight.sum((1, 2, 3)).clamp_min(1e-6)
+        labels = interaction_roles(clip)
+        for n in (labels[:, 0] > 0).nonzero()[:, 0].tolist():
+            for m in (labels[:, 1] > 0).nonzero()[:, 0].tolist():
+                if m != n:
+                    out.append(float(per_object[n] > per_object[m]))
+    return out
+
+
+def query_roles(batch: GroundBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which side of its interaction each unidirectional turn's role token refers to: float
+    (Q, R, 3) targets in `interaction_roles`' columns and bool (Q, R) where a token has one."""
+    labels = torch.zeros(len(batch.chosen), 2, 3)
+    has = torch.zeros(len(batch.chosen), 2, dtype=torch.bool)
+    for t, c in enumerate(batch.chosen):
+        if c.caption_type != "unidirectional":
+            continue
+        first_acts = not is_passive(c.text)
+        for r in range(2):
+            if batch.positions[t, r] >= 0:
+                labels[t, r, 0 if first_acts == (r == 0) else 1] = 1.0
+                has[t, r] = True
+    return labels, has
+
+
+def role_query_term(head: torch.nn.Module, states: torch.Tensor, batch: GroundBatch) -> torch.Tensor:
+    """The role query term: the role term's own head reads, from each role token's state after the
+    same layer, whether its referent acts or is acted on.
+
+    With the role term the vision tokens carry who acts (its head orders held-out pairs at 0.82),
+    yet the supervised heads of [SEG_ACT] and [SEG_TAR] put the same mass on both sides of
+    "object pushing another object", whichever token and voice: the query reads the noun phrase
+    of its role, and "object" names nothing. Here the token's state must hold its referent's
+    side (active voice: [SEG_ACT] the one acting; passive: the one acted on) in the very direction
+    the vision tokens hold theirs, so the supervised heads can match the two as they match a colour
+    word to a colour. Binary cross-entropy over the head's three logits, mean over the tokens.
+
+    states: float (Q, R, D) the role tokens' states after the dense layer.
+    """
+    labels, has = query_roles(batch)
+    if not has.any():
+        return states.new_zeros(())
+    logits = head(states[has].float())
+    return F.binary_cross_entropy_with_logits(logits, labels[has], reduction="none").sum(-1).mean()
+
+
+def dense_heads(cfg: GroundingConfig, width: int) -> dict[str, torch.nn.Linear]:
+    """The dense terms' linear heads that ``cfg`` turns on (trained with the phase, never exported:
+    the model reads no such head); the role query term shares the role term's."""
+    on = {"motion": cfg.motion > 0, "roles": cfg.roles > 0 or cfg.role_query > 0}
+    sizes = {"motion": 2, "roles": 3}
+    return {name: torch.nn.Linear(width, sizes[name]) for name, wanted in on.items() if wanted}
+
+
 def terms_of(model: ReviosaModel, batch: GroundBatch, clips: list[PoolClip], cfg: GroundingConfig,
-             aml: AttentionSupervision | None, motion_head: torch.nn.Module | None = None,
+             aml: AttentionSupervision | None, heads: dict[str, torch.nn.Module] | None = None,
              ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:  # fmt: skip
     """Each term's mean over turns (text) or over present (turn, role) pairs; and the role prompts
-    float (Q, R, P). ``motion_head``: the motion term's head (with ``cfg.motion``)."""
-    motion = cfg.motion > 0 and motion_head is not None
-    fwd = forward(model, batch, aml, cfg.motion_layer if motion else None)
+    float (Q, R, P). ``heads``: the dense terms' heads (`dense_heads`)."""
+    heads = heads or {}
+    fwd = forward(model, batch, aml, cfg.dense_layer if heads else None)
     q = len(batch.chosen)
     ce = F.cross_entropy(fwd.logits.float(), fwd.targets, reduction="none")
     count = torch.zeros(q).index_add(0, fwd.turn, torch.ones_like(ce))
@@ -476,9 +595,14 @@ def terms_of(model: ReviosaModel, batch: GroundBatch, clips: list[PoolClip], cfg
         terms["aml"] = (
             losses.attention_mask_loss(fwd.rows, role_maps(batch, clips, "grid"), weight) / weight.sum()
         )
-    if motion:
+    if heads:
         vstates = vision_token_states(fwd.layer, batch.packed.input_ids, model)  # (C, K, g, g, D)
-        terms["motion"] = motion_term(motion_head, vstates, clips)
+        if cfg.motion > 0:
+            terms["motion"] = motion_term(heads["motion"], vstates, clips)
+        if cfg.roles > 0:
+            terms["roles"] = role_term(heads["roles"], vstates, clips)
+        if cfg.role_query > 0:
+            terms["role_query"] = role_query_term(heads["roles"], role_states(fwd.layer, batch), batch)
     return terms, prompts
 
 
@@ -496,20 +620,27 @@ def level_of(text: str) -> str:
 
 
 @torch.no_grad()
-def evaluate(model: ReviosaModel, val: list[PoolClip], cfg: GroundingConfig, aml, motion_head=None) -> dict:
+def evaluate(model: ReviosaModel, val: list[PoolClip], cfg: GroundingConfig, aml, heads=None) -> dict:
     """``pick``: the share of (expression, role) whose prompt is nearest (cosine) its referent's
     example among its clip's objects (and the set's own), overall, per role, and per caption type
     / level / role; ``answer``: the share of expressions whose whole answer the model would
-    predict (teacher-forced argmax); the mean of each term."""
+    predict (teacher-forced argmax); the mean of each term; with the role term, ``role_order``
+    (`role_order` over the validation pairs)."""
     was = model.training
     model.eval()
     cells, sums, right_answers, answers = defaultdict(list), defaultdict(list), 0, 0
+    order = []
     for c0 in range(0, len(val), cfg.clips):
         clips = val[c0 : c0 + cfg.clips]
         batch = make_batch(model, clips, choose(clips, 0, cfg.two_tokens, None), cfg.two_tokens)
-        terms, prompts = terms_of(model, batch, clips, cfg, aml, motion_head)
+        terms, prompts = terms_of(model, batch, clips, cfg, aml, heads)
         for k, v in terms.items():
             sums[k].append(float(v))
+        if heads and "roles" in heads:
+            layer = forward(model, batch, None, cfg.dense_layer).layer
+            order += role_order(
+                heads["roles"], vision_token_states(layer, batch.packed.input_ids, model), clips
+            )
         fwd_ok = _answers_right(model, batch, aml)
         right_answers, answers = right_answers + int(fwd_ok.sum()), answers + len(fwd_ok)
         for t, c in enumerate(batch.chosen):
@@ -525,6 +656,7 @@ def evaluate(model: ReviosaModel, val: list[PoolClip], cfg: GroundingConfig, aml
         "pick": {k: [round(float(np.mean(v)), 4), len(v)] for k, v in sorted(cells.items())},
         "answer": right_answers / max(answers, 1),
         **{k: float(np.mean(v)) for k, v in sums.items()},
+        **({"role_order": [float(np.mean(order)), len(order)]} if order else {}),
     }
 
 
@@ -574,10 +706,8 @@ def train(
     if aml is not None:
         model.config.attention_supervision = aml
     groups = param_groups(model, cfg)
-    # the motion term's head: trained here, never exported (the model reads no such head)
-    head = torch.nn.Linear(model.config.text.hidden_size, 2) if cfg.motion else None
-    if head is not None:
-        groups[0]["params"] = [*groups[0]["params"], *head.parameters()]
+    heads = dense_heads(cfg, model.config.text.hidden_size)
+    groups[0]["params"] = [*groups[0]["params"], *(p for h in heads.values() for p in h.parameters())]
     opt = torch.optim.AdamW([{"params": g["params"], "lr": cfg.lr * g["lr_scale"]} for g in groups],
                             weight_decay=cfg.weight_decay)  # fmt: skip
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, cfg))
@@ -585,8 +715,8 @@ def train(
     if resume and (out / STATE).is_file():
         state = torch.load(out / STATE, weights_only=False)
         model.load_state_dict(state["model"], strict=False)
-        if head is not None:
-            head.load_state_dict(state["motion_head"])
+        for name, h in heads.items():
+            h.load_state_dict(state[f"{name}_head"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         start, records = state["step"], json.loads((out / RECORDS).read_text())["records"]
@@ -594,7 +724,7 @@ def train(
     pool = build_pool(model, cfg, "train", cfg.pool, out / "pool_train.pt")
     val = build_pool(model, cfg, "val", cfg.val_clips, out / "pool_val.pt")
     if not records:
-        records.append({"step": 0, **evaluate(model, val, cfg, aml, head), "seconds": 0.0})
+        records.append({"step": 0, **evaluate(model, val, cfg, aml, heads), "seconds": 0.0})
         log(_line(records[-1]))
     model.train()
     sums, t0 = defaultdict(list), time.perf_counter()
@@ -602,7 +732,7 @@ def train(
         rng = np.random.default_rng([cfg.seed, 4, step])
         clips = [pool[int(i)] for i in rng.choice(len(pool), size=cfg.clips, replace=False)]
         batch = make_batch(model, clips, choose(clips, cfg.turns, cfg.two_tokens, rng), cfg.two_tokens)
-        terms, _ = terms_of(model, batch, clips, cfg, aml, head)
+        terms, _ = terms_of(model, batch, clips, cfg, aml, heads)
         loss = total_loss(terms, cfg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -613,12 +743,12 @@ def train(
             sums[k].append(float(v.detach()))
         if step % cfg.every == 0 or step == cfg.steps:
             record = {"step": step, "train": {k: float(np.mean(v)) for k, v in sums.items()},
-                      **evaluate(model, val, cfg, aml, head), "lr": float(sched.get_last_lr()[0])}  # fmt: skip
+                      **evaluate(model, val, cfg, aml, heads), "lr": float(sched.get_last_lr()[0])}  # fmt: skip
             record["seconds"] = time.perf_counter() - t0 + records[-1]["seconds"]
             t0, sums = time.perf_counter(), defaultdict(list)
             records.append(record)
             log(_line(record))
-            _checkpoint(model, opt, sched, step, cfg, records, out, head)
+            _checkpoint(model, opt, sched, step, cfg, records, out, heads)
     return records
 
 
@@ -626,17 +756,19 @@ def _line(record: dict) -> str:
     pick = record["pick"]
     levels = " ".join(f"{k} {v[0]:.3f}" for k, v in pick.items()
                       if "/" in k and ("unidirectional" in k or "neither" in k))  # fmt: skip
-    motion = f" motion {record['motion']:.3f}" if "motion" in record else ""
+    dense = "".join(f" {k} {record[k]:.3f}" for k in ("motion", "roles", "role_query") if k in record)
+    if "role_order" in record:
+        dense += f" order {record['role_order'][0]:.3f}"
     return (f"step {record['step']} pick {pick.get('all', [0])[0]:.3f} actor {pick.get('actor', [0])[0]:.3f} "
-            f"target {pick.get('target', [0])[0]:.3f} answer {record['answer']:.3f}{motion} | {levels}")  # fmt: skip
+            f"target {pick.get('target', [0])[0]:.3f} answer {record['answer']:.3f}{dense} | {levels}")  # fmt: skip
 
 
-def _checkpoint(model, opt, sched, step, cfg, records, out: Path, head=None) -> None:
+def _checkpoint(model, opt, sched, step, cfg, records, out: Path, heads=None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     trained = {n for n, p in model.named_parameters() if p.requires_grad}
     state = {k: v for k, v in model.state_dict().items() if k in trained}
     tmp = out / (STATE + ".tmp")
-    extra = {"motion_head": head.state_dict()} if head is not None else {}
+    extra = {f"{name}_head": h.state_dict() for name, h in (heads or {}).items()}
     torch.save(
         {
             "model": state,
@@ -685,7 +817,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     defaults = GroundingConfig()
     for name in ("steps", "clips", "turns", "pool", "lr", "llm_lr_scale", "text", "choice", "distill",
-                 "grounding", "aml", "aml_layer", "motion", "motion_layer", "val_clips", "every", "seed"):  # fmt: skip
+                 "grounding", "aml", "aml_layer", "motion", "roles", "role_query", "dense_layer", "val_clips", "every", "seed"):  # fmt: skip
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(getattr(defaults, name)),
                             default=getattr(defaults, name))  # fmt: skip
     parser.add_argument("--aml-heads", type=int, nargs="*", default=[])
