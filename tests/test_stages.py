@@ -907,7 +907,8 @@ def test_grounding_stage_trains_the_language_side_resumes_and_exports(stage12, r
     grounding.main([*stages, "--out", str(tmp_path / "a"), "--steps", "2", *common])
     records = json.loads((tmp_path / "a" / grounding.RECORDS).read_text())["records"]
     assert [r["step"] for r in records] == [0, 1, 2]
-    assert set(records[-1]["train"]) == {"text", "choice", "distill", "grounding", "motion", "roles", "role_query"}
+    terms = {"text", "choice", "distill", "grounding", "motion", "roles", "role_query"}
+    assert set(records[-1]["train"]) == terms
     assert "motion" in records[-1] and "roles" in records[-1]  # their held-out values
     model = from_pretrained(str(tmp_path / "a" / "model"))  # strict
     exported = load_file(str(tmp_path / "a" / "model" / "model.safetensors"))
