@@ -85,6 +85,10 @@ def main(argv: list[str] | None = None) -> None:
         "--roles", type=float, default=0.0,
         help="the grounding phase's role term (train.stages.grounding.role_term; 0: off)",
     )  # fmt: skip
+    parser.add_argument(
+        "--role-query", type=float, default=0.0,
+        help="the grounding phase's role query term (train.stages.grounding.role_query_term; 0: off)",
+    )  # fmt: skip
     parser.add_argument("--samples", type=int, default=200, help="validation expressions for select-heads")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a recipe field")
     parser.add_argument("--resume", action="store_true")
@@ -101,7 +105,8 @@ def main(argv: list[str] | None = None) -> None:
 
         phase = ["--init", str(stage3 / "model"), "--recipe", args.recipe, "--two-tokens", "--aml", "1",
                  "--aml-layer", str(layer), "--aml-heads", *map(str, heads), "--pool-from", str(stage3 / "grounding"),
-                 "--motion", str(args.motion), "--roles", str(args.roles)]  # fmt: skip
+                 "--motion", str(args.motion), "--roles", str(args.roles),
+                 "--role-query", str(args.role_query)]  # fmt: skip
         grounding.main(
             [*phase, "--out", str(out / "grounding"), "--steps", str(args.grounding_steps), "--resume"]
         )
