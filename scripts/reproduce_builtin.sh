@@ -75,8 +75,12 @@ QA=(--phase qa --qa-clips 16 --qa-questions 8 --every 250 --report '')
 SLOW='stages=[{"start":0.0,"lr_scale":{"vision":0,"sam_encoder":0,"sam_other":0,"llm":0.1}}]'
 $PY -m train.stages.sa2va --stage1 "$S1D" --stage2 "$S2E" --out "$RUN/stage3" --grounding-steps 2500 \
   --steps 300 --set data.soft_masks=true --set "$SLOW" --set eval.every=200 --resume
-$PY -m train.stages.reviosa --stage3 "$RUN/stage3" --out "$RUN/stage4" --grounding-steps 2000 \
-  --steps "${STAGE4_STEPS:-300}" --set data.soft_masks=true --set "$SLOW" --resume
+# Stage 4's grounding phase also teaches the vision tokens who acts on whom and the role tokens which
+# side their referent is on, through one head (the role and role query terms, with the motion term;
+# docs/training.md, "Twentieth session"), 4000 steps
+$PY -m train.stages.reviosa --stage3 "$RUN/stage3" --out "$RUN/stage4" --grounding-steps 4000 \
+  --motion 1 --roles 1 --role-query 1 --steps "${STAGE4_STEPS:-300}" --set data.soft_masks=true \
+  --set "$SLOW" --resume
 
 # The built-in candidate is stage 4's export, tracking through SAM2's memory; the same weights run
 # per frame score 0.1-2.5 lower on every figure of every test split, 1.8x as fast
