@@ -3,8 +3,9 @@ SAM2's decoder out of the loop.
 
 python -m train.stages.grounding --stage1 checkpoints/stage1 --stage2 checkpoints/stage2e \
     --out runs/stage3a [--steps 3000] [--resume]                               # one [SEG] (stage 3)
-python -m train.stages.grounding --init runs/stage3/model --two-tokens --aml-layer 2 \
-    --aml-heads 5 3 1 2 --out runs/stage4a [--steps 3000] [--resume]          # [SEG_ACT] / [SEG_TAR]
+python -m train.stages.grounding --init runs/stage3/model --two-tokens --aml 1 --aml-layer 2 \
+    --aml-heads 2 0 3 1 --motion 1 --roles 1 --role-query 1 --out runs/stage4a [--steps 4000] \
+    [--resume]                                                                 # [SEG_ACT] / [SEG_TAR]
 
 A stage-3 step of the loop decodes every role prompt and every example prompt with SAM2 on four
 frames (2.2 of its 3 s on the 2 cores, against 0.44 s for the language model), and its only
@@ -23,7 +24,11 @@ example prompt; ``grounding`` (the recipe's contrastive term: the role state nea
 referent's vision tokens); ``aml``, the paper's attention mask loss on the supervised heads
 (stage 4 only: Sa2VA has none); ``motion`` (off unless given), a linear head's read of each
 object's move since the previous keyframe from the vision tokens after one LLM layer
-(`motion_term`). The vision tower is frozen, as in stages 3-4; the projector, language model and
+(`motion_term`); ``roles`` (off unless given), another head's read, from the same tokens, of which
+side of an interaction each object is on (`role_term`); ``role_query`` (off unless given), that
+head's read of the same from each role token (`role_query_term`: stage 4's, with both, are how the
+shipped model tells "object pushing another object" from "object being pushed by another
+object"; heads never exported). The vision tower is frozen, as in stages 3-4; the projector, language model and
 prompt MLP train. The mask decoder is the next phase's (the loop's stage 3 or 4
 from this export, ``model.kind: pretrained``).
 

@@ -3,11 +3,15 @@ loss on the heads the selection protocol picks on stage 3 (the paper's Figure 6)
 
 python -m train.stages.reviosa --stage3 runs/stage3 --out runs/stage4
     [--recipe train/recipes/stages.yaml] [--steps 600] [--samples 200] [--set key=value ...]
+    [--grounding-steps N [--motion W] [--roles W] [--role-query W]]
 
 First ``train select-heads`` on the stage-3 model over its validation split (the layer whose
-``[SEG_ACT]`` attends most to the vision tokens, then its top 4 heads; OUT/heads/), then the
-recipe fine-tunes the stage-3 model (``model.kind: pretrained``) with two role tokens and AML on
-those heads, the same parts frozen as in stage 3, on the same training clips. Its export
+``[SEG_ACT]`` attends most to the vision tokens, then its top 4 heads; OUT/heads/); with
+``--grounding-steps``, the grounding phase (``train.stages.grounding``: both role tokens taught to
+pick their referents, AML on those heads, and the dense terms given) into OUT/grounding; then the
+recipe fine-tunes the stage-3 model (or the grounding phase's export; ``model.kind:
+pretrained``) with two role tokens and AML on those heads, the same parts frozen as in stage 3, on
+the same training clips. Its export
 (OUT/model) is the built-in candidate, scored by ``predict --dataset`` + ``evaluate``
 (``scripts/reproduce_builtin.sh``).
 """
