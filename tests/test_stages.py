@@ -876,6 +876,25 @@ def test_role_query_term_asks_each_role_token_for_its_referents_side():
         assert float(role_query_term(identity, -states, batch)) > 10
 
 
+def test_stage4_hands_its_dense_terms_to_the_grounding_phase():
+    """`python -m train.stages.reviosa --grounding-steps N --motion W --roles W --role-query W` runs
+    the grounding phase from stage 3's export with those weights, both role tokens and AML on the
+    chosen heads, into OUT/grounding."""
+    import argparse
+
+    from train.stages import grounding, reviosa
+    from train.stages.common import RECIPE
+
+    args = argparse.Namespace(stage3="runs/s3", out="runs/s4", recipe=RECIPE, grounding_steps=7,
+                              motion=1.0, roles=0.5, role_query=2.0)  # fmt: skip
+    parsed = grounding.parse(reviosa.grounding_argv(args, 2, [2, 0]))
+    cfg = grounding.config_of(parsed)
+    assert (cfg.motion, cfg.roles, cfg.role_query, cfg.steps) == (1.0, 0.5, 2.0, 7)
+    assert (cfg.two_tokens, cfg.aml, cfg.aml_layer, cfg.aml_heads) == (True, 1.0, 2, (2, 0))
+    assert (parsed.init, parsed.pool_from) == ("runs/s3/model", "runs/s3/grounding")
+    assert parsed.out == "runs/s4/grounding"
+
+
 def test_grounding_stage_trains_the_language_side_resumes_and_exports(stage12, recipe, tmp_path):
     """Stage 3's grounding phase from the stage files: the projector, language model and prompt MLP
     train, the vision tower and SAM2 do not; a run stopped and resumed ends where an unbroken one

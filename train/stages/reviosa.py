@@ -69,6 +69,19 @@ def sets(stage3: Path, layer: int, heads: list[int], steps: int, start: Path | N
     ]
 
 
+DENSE_TERMS = ("motion", "roles", "role-query")
+
+
+def grounding_argv(args: argparse.Namespace, layer: int, heads: list[int]) -> list[str]:
+    """The grounding phase's command line: from stage 3's export, both role tokens, AML on the
+    chosen layer and heads, stage 3's clip pools when it has them, the dense terms given."""
+    stage3 = Path(args.stage3)
+    dense = [f"--{flag}={getattr(args, flag.replace('-', '_'))}" for flag in DENSE_TERMS]
+    return ["--init", str(stage3 / "model"), "--recipe", args.recipe, "--two-tokens", "--aml", "1",
+            "--aml-layer", str(layer), "--aml-heads", *map(str, heads), "--pool-from", str(stage3 / "grounding"),
+            *dense, "--out", str(Path(args.out) / "grounding"), "--steps", str(args.grounding_steps), "--resume"]  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m train.stages.reviosa", description=__doc__.split("\n")[0]
@@ -81,18 +94,10 @@ def main(argv: list[str] | None = None) -> None:
         "--grounding-steps", type=int, default=0,
         help="first the grounding phase (two role tokens, AML on the chosen heads) into OUT/grounding",
     )  # fmt: skip
-    parser.add_argument(
-        "--motion", type=float, default=0.0,
-        help="the grounding phase's motion term (train.stages.grounding.motion_term; 0: off)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--roles", type=float, default=0.0,
-        help="the grounding phase's role term (train.stages.grounding.role_term; 0: off)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--role-query", type=float, default=0.0,
-        help="the grounding phase's role query term (train.stages.grounding.role_query_term; 0: off)",
-    )  # fmt: skip
+    # the grounding phase's dense terms (weights; 0: off), each train.stages.grounding.<term>
+    for flag in DENSE_TERMS:
+        term = {"roles": "role_term"}.get(flag, flag.replace("-", "_") + "_term")
+        parser.add_argument(f"--{flag}", type=float, default=0.0, help=f"the grounding phase's {term}")
     parser.add_argument("--samples", type=int, default=200, help="validation expressions for select-heads")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a recipe field")
     parser.add_argument("--resume", action="store_true")
@@ -107,13 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.grounding_steps:
         from train.stages import grounding
 
-        phase = ["--init", str(stage3 / "model"), "--recipe", args.recipe, "--two-tokens", "--aml", "1",
-                 "--aml-layer", str(layer), "--aml-heads", *map(str, heads), "--pool-from", str(stage3 / "grounding"),
-                 "--motion", str(args.motion), "--roles", str(args.roles),
-                 "--role-query", str(args.role_query)]  # fmt: skip
-        grounding.main(
-            [*phase, "--out", str(out / "grounding"), "--steps", str(args.grounding_steps), "--resume"]
-        )
+        grounding.main(grounding_argv(args, layer, heads))
         start = out / "grounding" / grounding.MODEL
     cfg = finetune.stage_config(args.recipe, [*sets(stage3, layer, heads, args.steps, start), *args.set])
     # float16, as stage 3 (the built-in model is this export, copied)

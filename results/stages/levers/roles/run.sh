@@ -7,6 +7,8 @@
 # The gate before the test splits: the grounding phase's held-out pick for expressions that name
 # neither colour nor shape, then predict over the whole validation split through SAM2's memory.
 #   bash results/stages/levers/roles/run.sh OUT4
+# SEED=1 draws the grounding phase's clips and turns from another seed (the replicate, runs/g4rq_s1;
+# its logs go to grounding_seed1.txt / stage4_seed1.txt).
 set -euo pipefail
 cd "$(dirname "$0")/../../../.."
 PY=.venv/bin/python
@@ -18,12 +20,12 @@ mkdir -p "$S4" && [ -d "$S4/heads" ] || cp -r checkpoints/stage4/heads "$S4/"
 # the grounding phase alone (its log and held-out records; the clip pools of an earlier run reused):
 $PY -m train.stages.grounding --init checkpoints/stage3/model --two-tokens --aml 1 --aml-layer 2 \
   --aml-heads 2 0 3 1 --pool-from "${POOLS:-checkpoints/stage3/grounding}" --motion 1 --roles 1 --role-query 1 \
-  --steps "${G4:-4000}" --every 500 --out "$S4/grounding" --resume 2>&1 | grep --line-buffered -v Warning \
-  | tee -a "$LOG/grounding.txt"
+  --steps "${G4:-4000}" --every 500 --seed "${SEED:-0}" --out "$S4/grounding" --resume 2>&1 | grep --line-buffered -v Warning \
+  | tee -a "$LOG/grounding${SEED:+_seed$SEED}.txt"
 # then the loop from its export (the grounding phase above is found done and skipped):
 $PY -m train.stages.reviosa --stage3 checkpoints/stage3 --out "$S4" --grounding-steps "${G4:-4000}" \
   --motion 1 --roles 1 --role-query 1 --steps "${E4:-300}" --set data.soft_masks=true --set "$SLOW" \
-  --report '' --resume 2>&1 | grep --line-buffered -v Warning | tee -a "$LOG/stage4.txt"
+  --report '' --resume 2>&1 | grep --line-buffered -v Warning | tee -a "$LOG/stage4${SEED:+_seed$SEED}.txt"
 SPLIT=val bash scripts/score_candidate.sh "$S4" 40 0
 [ "${STOP_AFTER_VAL:-0}" = 1 ] && exit 0
 bash scripts/score_candidate.sh "$S4" 30 1 2 3
