@@ -83,8 +83,8 @@ $PY -m train.stages.reviosa --stage3 "$RUN/stage3" --out "$RUN/stage4" --groundi
   --set "$SLOW" --resume
 
 # The built-in candidate is stage 4's export, tracking through SAM2's memory; the same weights run
-# per frame score 0.1-2.5 lower on every figure of every test split, 1.8x as fast
-# (docs/training.md, "Nineteenth session"), and are scored beside it; each with the README's
+# per frame score 1.6-3.2 lower on every figure of every test split, 1.8x as fast
+# (docs/training.md, "Twentieth session"), and are scored beside it; each with the README's
 # breakdown by what the expression names (colour, shape, neither). Test splits: runs/test_clips*_seed*.
 bash scripts/score_candidate.sh "$RUN/stage4" "$CLIPS" 1 2 3
 PROPAGATION=per_frame bash scripts/score_candidate.sh "$RUN/stage4" "$CLIPS" 1 2 3

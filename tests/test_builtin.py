@@ -22,8 +22,8 @@ def builtin():
 
 def test_builtin_loads_and_tracks_through_sams_memory(builtin):
     assert builtin.config.name == "reviosa-builtin"
-    # Per frame, the same weights score 0.1-2.5 J&F lower on every figure of every test split
-    # (docs/training.md, "Nineteenth session")
+    # Per frame, the same weights score 1.6-3.2 J&F lower on every figure of every test split
+    # (docs/training.md, "Twentieth session")
     assert builtin.config.sam.propagation == "memory"
     # its SAM2 was trained on example prompts, never on mask inputs (reviosa.correction)
     assert builtin.config.sam.click_prompt == "example"
