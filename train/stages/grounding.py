@@ -26,11 +26,11 @@ referent's vision tokens); ``aml``, the paper's attention mask loss on the super
 object's move since the previous keyframe from the vision tokens after one LLM layer
 (`motion_term`); ``roles`` (off unless given), another head's read, from the same tokens, of which
 side of an interaction each object is on (`role_term`); ``role_query`` (off unless given), that
-head's read of the same from each role token (`role_query_term`: stage 4's, with both, are how the
-shipped model tells "object pushing another object" from "object being pushed by another
-object"; heads never exported). The vision tower is frozen, as in stages 3-4; the projector, language model and
-prompt MLP train. The mask decoder is the next phase's (the loop's stage 3 or 4
-from this export, ``model.kind: pretrained``).
+head's read of the same from each role token (`role_query_term`). With both, stage 4 tells "object
+pushing another object" from "object being pushed by another object"; the heads are never
+exported. The vision tower is frozen, as in stages 3-4; the projector, language model and prompt
+MLP train. The mask decoder is the next phase's (the loop's stage 3 or 4 from this export,
+``model.kind: pretrained``).
 
 Held-out figure: the share of role prompts whose nearest example prompt among their clip's
 objects is the referent's (``pick``), by caption type and by what the expression names (a colour,
@@ -565,9 +565,10 @@ def dense_heads(cfg: GroundingConfig, width: int) -> dict[str, torch.nn.Linear]:
 
 def terms_of(model: ReviosaModel, batch: GroundBatch, clips: list[PoolClip], cfg: GroundingConfig,
              aml: AttentionSupervision | None, heads: dict[str, torch.nn.Module] | None = None,
-             ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:  # fmt: skip
+             order: list[float] | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:  # fmt: skip
     """Each term's mean over turns (text) or over present (turn, role) pairs; and the role prompts
-    float (Q, R, P). ``heads``: the dense terms' heads (`dense_heads`)."""
+    float (Q, R, P). ``heads``: the dense terms' heads (`dense_heads`); ``order``, when given with
+    the role head, gets the batch's `role_order` from the same forward."""
     heads = heads or {}
     fwd = forward(model, batch, aml, cfg.dense_layer if heads else None)
     q = len(batch.chosen)
@@ -608,6 +609,8 @@ def terms_of(model: ReviosaModel, batch: GroundBatch, clips: list[PoolClip], cfg
             terms["roles"] = role_term(heads["roles"], vstates, clips)
         if cfg.role_query > 0:
             terms["role_query"] = role_query_term(heads["roles"], role_states(fwd.layer, batch), batch)
+        if order is not None and "roles" in heads:
+            order += role_order(heads["roles"], vstates, clips)
     return terms, prompts
 
 
@@ -638,14 +641,9 @@ def evaluate(model: ReviosaModel, val: list[PoolClip], cfg: GroundingConfig, aml
     for c0 in range(0, len(val), cfg.clips):
         clips = val[c0 : c0 + cfg.clips]
         batch = make_batch(model, clips, choose(clips, 0, cfg.two_tokens, None), cfg.two_tokens)
-        terms, prompts = terms_of(model, batch, clips, cfg, aml, heads)
+        terms, prompts = terms_of(model, batch, clips, cfg, aml, heads, order)
         for k, v in terms.items():
             sums[k].append(float(v))
-        if heads and "roles" in heads:
-            layer = forward(model, batch, None, cfg.dense_layer).layer
-            order += role_order(
-                heads["roles"], vision_token_states(layer, batch.packed.input_ids, model), clips
-            )
         fwd_ok = _answers_right(model, batch, aml)
         right_answers, answers = right_answers + int(fwd_ok.sum()), answers + len(fwd_ok)
         for t, c in enumerate(batch.chosen):

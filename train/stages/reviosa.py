@@ -11,9 +11,8 @@ First ``train select-heads`` on the stage-3 model over its validation split (the
 pick their referents, AML on those heads, and the dense terms given) into OUT/grounding; then the
 recipe fine-tunes the stage-3 model (or the grounding phase's export; ``model.kind:
 pretrained``) with two role tokens and AML on those heads, the same parts frozen as in stage 3, on
-the same training clips. Its export
-(OUT/model) is the built-in candidate, scored by ``predict --dataset`` + ``evaluate``
-(``scripts/reproduce_builtin.sh``).
+the same training clips. Its export (OUT/model) is the built-in candidate, scored by ``predict
+--dataset`` + ``evaluate`` (``scripts/reproduce_builtin.sh``).
 """
 
 from __future__ import annotations
@@ -69,7 +68,8 @@ def sets(stage3: Path, layer: int, heads: list[int], steps: int, start: Path | N
     ]
 
 
-DENSE_TERMS = ("motion", "roles", "role-query")
+# the grounding phase's dense terms: flag -> train.stages.grounding function
+DENSE_TERMS = {"motion": "motion_term", "roles": "role_term", "role-query": "role_query_term"}
 
 
 def grounding_argv(args: argparse.Namespace, layer: int, heads: list[int]) -> list[str]:
@@ -94,10 +94,10 @@ def main(argv: list[str] | None = None) -> None:
         "--grounding-steps", type=int, default=0,
         help="first the grounding phase (two role tokens, AML on the chosen heads) into OUT/grounding",
     )  # fmt: skip
-    # the grounding phase's dense terms (weights; 0: off), each train.stages.grounding.<term>
-    for flag in DENSE_TERMS:
-        term = {"roles": "role_term"}.get(flag, flag.replace("-", "_") + "_term")
-        parser.add_argument(f"--{flag}", type=float, default=0.0, help=f"the grounding phase's {term}")
+    for flag, term in DENSE_TERMS.items():
+        parser.add_argument(
+            f"--{flag}", type=float, default=0.0, help=f"the grounding phase's {term} (0: off)"
+        )
     parser.add_argument("--samples", type=int, default=200, help="validation expressions for select-heads")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a recipe field")
     parser.add_argument("--resume", action="store_true")
