@@ -876,6 +876,59 @@ def test_role_query_term_asks_each_role_token_for_its_referents_side():
         assert float(role_query_term(identity, -states, batch)) > 10
 
 
+def test_motion_query_term_asks_the_actor_token_for_its_referents_move():
+    """Only expressions naming one direction and no interaction get a goal: the referents' mean move
+    per keyframe step, and only where it goes the named way; the term is 0 for states carrying that
+    move through an identity head and 1 for a head that says no motion."""
+    from train.stages.grounding import Chosen, GroundBatch, PoolClip, motion_query_term, query_motions
+
+    cover = torch.zeros(3, 3, 6, 6)
+    for k in range(3):
+        cover[0, k, k : k + 2, 0:2] = 1.0  # moving down one cell a keyframe
+        cover[1, k, 4:6, 3 - k : 5 - k] = 1.0  # moving left
+        cover[2, k, 0:2, 4:6] = 1.0  # still
+    clip = PoolClip([0, 1, 2], np.zeros((3, 6, 6, 3), np.uint8), cover, cover, torch.zeros(3, 2),
+                    torch.ones(3), [])  # fmt: skip
+    chosen = [
+        Chosen(0, "the object moving down", "single", ([0], [])),
+        Chosen(0, "the red square moving left", "single", ([1], [])),
+        Chosen(0, "the object moving up", "single", ([0], [])),  # its referent moves down: no goal
+        Chosen(0, "the red square", "single", ([2], [])),
+        Chosen(0, "object pushing another object", "unidirectional", ([0], [1])),
+    ]
+    batch = GroundBatch(packed=None, pixels=None, positions=torch.zeros(5, 2, dtype=torch.long), chosen=chosen)
+    goals, has = query_motions(batch, [clip])
+    assert has.tolist() == [True, True, False, False, False]
+    torch.testing.assert_close(goals[:2], torch.tensor([[1.0, 0.0], [0.0, -1.0]]))
+    states = torch.zeros(5, 2, 2)
+    states[:, 0] = goals
+    identity = torch.nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        identity.weight.copy_(torch.eye(2))
+        assert float(motion_query_term(identity, states, batch, [clip])) < 1e-6
+        identity.weight.zero_()
+        assert float(motion_query_term(identity, states, batch, [clip])) == pytest.approx(1.0)
+
+
+def test_grounding_trains_the_vision_tower_only_when_asked(recipe, tmp_path):
+    """`vision_lr_scale` 0 keeps the MLLM's vision tower frozen, as stages 3-4 do; above 0 the tower
+    trains in its own group at that scale of the rate, SAM2 frozen either way."""
+    from train.config import load_config
+    from train.model import build_model
+    from train.stages.grounding import VISION, GroundingConfig, param_groups
+
+    model = build_model(load_config(recipe, []), [], tmp_path / "run")
+    for scale, expected in ((0.0, 2), (0.25, 3)):
+        groups = param_groups(model, GroundingConfig(vision_lr_scale=scale))
+        assert len(groups) == expected
+        vision = {id(p) for n, p in model.named_parameters() if n.startswith(VISION)}
+        trained = {id(p) for g in groups for p in g["params"]}
+        assert (vision <= trained) == (scale > 0) and not (scale == 0 and vision & trained)
+        if scale:
+            assert groups[-1]["lr_scale"] == scale and {id(p) for p in groups[-1]["params"]} == vision
+        assert not any(p.requires_grad for n, p in model.named_parameters() if n.startswith("sam."))
+
+
 def test_stage4_hands_its_dense_terms_to_the_grounding_phase():
     """`python -m train.stages.reviosa --grounding-steps N --motion W --roles W --role-query W` runs
     the grounding phase from stage 3's export with those weights, both role tokens and AML on the
@@ -886,10 +939,11 @@ def test_stage4_hands_its_dense_terms_to_the_grounding_phase():
     from train.stages.common import RECIPE
 
     args = argparse.Namespace(stage3="runs/s3", out="runs/s4", recipe=RECIPE, grounding_steps=7,
-                              motion=1.0, roles=0.5, role_query=2.0)  # fmt: skip
+                              motion=1.0, roles=0.5, role_query=2.0, motion_query=3.0, vision_lr_scale=0.1)  # fmt: skip
     parsed = grounding.parse(reviosa.grounding_argv(args, 2, [2, 0]))
     cfg = grounding.config_of(parsed)
-    assert (cfg.motion, cfg.roles, cfg.role_query, cfg.steps) == (1.0, 0.5, 2.0, 7)
+    assert (cfg.motion, cfg.roles, cfg.role_query, cfg.motion_query, cfg.steps) == (1.0, 0.5, 2.0, 3.0, 7)
+    assert cfg.vision_lr_scale == 0.1
     assert (cfg.two_tokens, cfg.aml, cfg.aml_layer, cfg.aml_heads) == (True, 1.0, 2, (2, 0))
     assert (parsed.init, parsed.pool_from) == ("runs/s3/model", "runs/s3/grounding")
     assert parsed.out == "runs/s4/grounding"
@@ -949,11 +1003,15 @@ def test_grounding_stage_trains_the_language_side_resumes_and_exports(stage12, r
     grounding.main([*args, "--out", str(tmp_path / "b"), "--resume"])
     again = load_file(str(tmp_path / "b" / "model" / "model.safetensors"))
     assert all(torch.equal(again[k], exported[k]) for k in exported)
-    # stage 4's phase: two role tokens, AML on the chosen heads
+    # stage 4's phase: two role tokens, AML on the chosen heads; here with the motion query term and
+    # the vision tower trained as well
     grounding.main(["--init", str(tmp_path / "a" / "model"), "--two-tokens", "--aml", "1", "--aml-layer", "1",
-                    "--aml-heads", "0", "1", "--out", str(tmp_path / "c"), "--steps", "1", *common])  # fmt: skip
+                    "--aml-heads", "0", "1", "--out", str(tmp_path / "c"), "--steps", "1", *common,
+                    "--motion-query", "1", "--vision-lr-scale", "0.5"])  # fmt: skip
     last = json.loads((tmp_path / "c" / grounding.RECORDS).read_text())["records"][-1]
-    assert "aml" in last["train"] and "target" in last["pick"]
+    assert "aml" in last["train"] and "motion_query" in last["train"] and "target" in last["pick"]
+    tower = load_file(str(tmp_path / "c" / "model" / "model.safetensors"))
+    assert any(not torch.equal(tower[k], exported[k]) for k in exported if k.startswith("mllm.model.vision_tower"))
     assert from_pretrained(str(tmp_path / "c" / "model")).config.attention_supervision.heads == (0, 1)
     assert model.config.attention_supervision is not None
     # stage 3's loop fine-tunes the grounded model end to end, mask targets soft
