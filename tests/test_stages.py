@@ -896,7 +896,9 @@ def test_motion_query_term_asks_the_actor_token_for_its_referents_move():
         Chosen(0, "the red square", "single", ([2], [])),
         Chosen(0, "object pushing another object", "unidirectional", ([0], [1])),
     ]
-    batch = GroundBatch(packed=None, pixels=None, positions=torch.zeros(5, 2, dtype=torch.long), chosen=chosen)
+    batch = GroundBatch(
+        packed=None, pixels=None, positions=torch.zeros(5, 2, dtype=torch.long), chosen=chosen
+    )
     goals, has = query_motions(batch, [clip])
     assert has.tolist() == [True, True, False, False, False]
     torch.testing.assert_close(goals[:2], torch.tensor([[1.0, 0.0], [0.0, -1.0]]))
@@ -1011,7 +1013,9 @@ def test_grounding_stage_trains_the_language_side_resumes_and_exports(stage12, r
     last = json.loads((tmp_path / "c" / grounding.RECORDS).read_text())["records"][-1]
     assert "aml" in last["train"] and "motion_query" in last["train"] and "target" in last["pick"]
     tower = load_file(str(tmp_path / "c" / "model" / "model.safetensors"))
-    assert any(not torch.equal(tower[k], exported[k]) for k in exported if k.startswith("mllm.model.vision_tower"))
+    assert any(
+        not torch.equal(tower[k], exported[k]) for k in exported if k.startswith("mllm.model.vision_tower")
+    )
     assert from_pretrained(str(tmp_path / "c" / "model")).config.attention_supervision.heads == (0, 1)
     assert model.config.attention_supervision is not None
     # stage 3's loop fine-tunes the grounded model end to end, mask targets soft

@@ -69,15 +69,21 @@ def sets(stage3: Path, layer: int, heads: list[int], steps: int, start: Path | N
 
 
 # the grounding phase's dense terms: flag -> train.stages.grounding function
-DENSE_TERMS = {"motion": "motion_term", "roles": "role_term", "role-query": "role_query_term",
-               "motion-query": "motion_query_term"}
+DENSE_TERMS = {
+    "motion": "motion_term",
+    "roles": "role_term",
+    "role-query": "role_query_term",
+    "motion-query": "motion_query_term",
+}
 
 
 def grounding_argv(args: argparse.Namespace, layer: int, heads: list[int]) -> list[str]:
     """The grounding phase's command line: from stage 3's export, both role tokens, AML on the
     chosen layer and heads, stage 3's clip pools when it has them, the dense terms given."""
     stage3 = Path(args.stage3)
-    dense = [f"--{flag}={getattr(args, flag.replace('-', '_'))}" for flag in (*DENSE_TERMS, "vision-lr-scale")]
+    dense = [
+        f"--{flag}={getattr(args, flag.replace('-', '_'))}" for flag in (*DENSE_TERMS, "vision-lr-scale")
+    ]
     return ["--init", str(stage3 / "model"), "--recipe", args.recipe, "--two-tokens", "--aml", "1",
             "--aml-layer", str(layer), "--aml-heads", *map(str, heads), "--pool-from", str(stage3 / "grounding"),
             *dense, "--out", str(Path(args.out) / "grounding"), "--steps", str(args.grounding_steps), "--resume"]  # fmt: skip
