@@ -27,9 +27,11 @@ object's move since the previous keyframe from the vision tokens after one LLM l
 (`motion_term`); ``roles`` (off unless given), another head's read, from the same tokens, of which
 side of an interaction each object is on (`role_term`); ``role_query`` (off unless given), that
 head's read of the same from each role token (`role_query_term`). With both, stage 4 tells "object
-pushing another object" from "object being pushed by another object"; the heads are never
-exported. The vision tower is frozen, as in stages 3-4; the projector, language model and prompt
-MLP train. The mask decoder is the next phase's (the loop's stage 3 or 4 from this export,
+pushing another object" from "object being pushed by another object"; ``motion_query`` (off unless
+given), the motion head's read of a named direction's move from ``[SEG_ACT]``
+(`motion_query_term`; measured, no gain). The heads are never exported. The vision tower is
+frozen, as in stages 3-4, unless ``vision_lr_scale`` > 0 (measured, no gain); the projector,
+language model and prompt MLP train. The mask decoder is the next phase's (the loop's stage 3 or 4 from this export,
 ``model.kind: pretrained``).
 
 Held-out figure: the share of role prompts whose nearest example prompt among their clip's
