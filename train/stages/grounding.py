@@ -31,8 +31,8 @@ pushing another object" from "object being pushed by another object"; ``motion_q
 given), the motion head's read of a named direction's move from ``[SEG_ACT]``
 (`motion_query_term`; measured, no gain). The heads are never exported. The vision tower is
 frozen, as in stages 3-4, unless ``vision_lr_scale`` > 0 (measured, no gain); the projector,
-language model and prompt MLP train. The mask decoder is the next phase's (the loop's stage 3 or 4 from this export,
-``model.kind: pretrained``).
+language model and prompt MLP train. The mask decoder is the next phase's (the loop's stage 3 or 4
+from this export, ``model.kind: pretrained``).
 
 Held-out figure: the share of role prompts whose nearest example prompt among their clip's
 objects is the referent's (``pick``), by caption type and by what the expression names (a colour,
