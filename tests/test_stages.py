@@ -912,6 +912,21 @@ def test_motion_query_term_asks_the_actor_token_for_its_referents_move():
         assert float(motion_query_term(identity, states, batch, [clip])) == pytest.approx(1.0)
 
 
+def test_dense_heads_start_from_the_runs_seed():
+    """The dense terms' heads start the same for the same seed (the global RNG untouched) and
+    differently for another seed."""
+    from train.stages.grounding import GroundingConfig, dense_heads
+
+    cfg = GroundingConfig(motion=1.0, roles=1.0)
+    state = torch.random.get_rng_state()
+    a, b = dense_heads(cfg, 8), dense_heads(cfg, 8)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    other = dense_heads(GroundingConfig(motion=1.0, roles=1.0, seed=1), 8)
+    for name in ("motion", "roles"):
+        assert torch.equal(a[name].weight, b[name].weight)
+        assert not torch.equal(a[name].weight, other[name].weight)
+
+
 def test_grounding_trains_the_vision_tower_only_when_asked(recipe, tmp_path):
     """`vision_lr_scale` 0 keeps the MLLM's vision tower frozen, as stages 3-4 do; above 0 the tower
     trains in its own group at that scale of the rate, SAM2 frozen either way."""

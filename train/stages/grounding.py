@@ -615,7 +615,10 @@ def dense_heads(cfg: GroundingConfig, width: int) -> dict[str, torch.nn.Linear]:
     the model reads no such head); each query term shares its term's head."""
     on = {"motion": cfg.motion > 0 or cfg.motion_query > 0, "roles": cfg.roles > 0 or cfg.role_query > 0}
     sizes = {"motion": 2, "roles": 3}
-    return {name: torch.nn.Linear(width, sizes[name]) for name, wanted in on.items() if wanted}
+    # seeded by the run's seed: the heads' start is part of what a run's seed reproduces
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return {name: torch.nn.Linear(width, sizes[name]) for name, wanted in on.items() if wanted}
 
 
 def terms_of(model: ReviosaModel, batch: GroundBatch, clips: list[PoolClip], cfg: GroundingConfig,
