@@ -610,15 +610,20 @@ def motion_query_term(
     return (pred - goals[has]).pow(2).sum() / goals[has].pow(2).sum().clamp_min(1e-6)
 
 
+# The dense terms (each a `GroundingConfig` weight and a `--flag`) -> the head each reads through: a
+# query term shares its term's head, so that role tokens and vision tokens meet in one direction.
+DENSE_TERMS = {"motion": "motion", "roles": "roles", "role_query": "roles", "motion_query": "motion"}
+HEAD_SIZES = {"motion": 2, "roles": 3}
+
+
 def dense_heads(cfg: GroundingConfig, width: int) -> dict[str, torch.nn.Linear]:
-    """The dense terms' linear heads that ``cfg`` turns on (trained with the phase, never exported:
-    the model reads no such head); each query term shares its term's head."""
-    on = {"motion": cfg.motion > 0 or cfg.motion_query > 0, "roles": cfg.roles > 0 or cfg.role_query > 0}
-    sizes = {"motion": 2, "roles": 3}
+    """The linear heads of the dense terms ``cfg`` turns on (trained with the phase, never
+    exported: the model reads no such head)."""
+    on = {head for term, head in DENSE_TERMS.items() if getattr(cfg, term) > 0}
     # seeded by the run's seed: the heads' start is part of what a run's seed reproduces
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        return {name: torch.nn.Linear(width, sizes[name]) for name, wanted in on.items() if wanted}
+        return {name: torch.nn.Linear(width, size) for name, size in HEAD_SIZES.items() if name in on}
 
 
 def terms_of(model: ReviosaModel, batch: GroundBatch, clips: list[PoolClip], cfg: GroundingConfig,
@@ -665,12 +670,11 @@ def terms_of(model: ReviosaModel, batch: GroundBatch, clips: list[PoolClip], cfg
             terms["motion"] = motion_term(heads["motion"], vstates, clips)
         if cfg.roles > 0:
             terms["roles"] = role_term(heads["roles"], vstates, clips)
+        tokens = role_states(fwd.layer, batch)  # (Q, R, D)
         if cfg.role_query > 0:
-            terms["role_query"] = role_query_term(heads["roles"], role_states(fwd.layer, batch), batch)
+            terms["role_query"] = role_query_term(heads["roles"], tokens, batch)
         if cfg.motion_query > 0:
-            terms["motion_query"] = motion_query_term(
-                heads["motion"], role_states(fwd.layer, batch), batch, clips
-            )
+            terms["motion_query"] = motion_query_term(heads["motion"], tokens, batch, clips)
         if order is not None and "roles" in heads:
             order += role_order(heads["roles"], vstates, clips)
     return terms, prompts
@@ -825,9 +829,7 @@ def _line(record: dict) -> str:
     pick = record["pick"]
     levels = " ".join(f"{k} {v[0]:.3f}" for k, v in pick.items()
                       if "/" in k and ("unidirectional" in k or "neither" in k))  # fmt: skip
-    dense = "".join(
-        f" {k} {record[k]:.3f}" for k in ("motion", "roles", "role_query", "motion_query") if k in record
-    )
+    dense = "".join(f" {k} {record[k]:.3f}" for k in DENSE_TERMS if k in record)
     if "role_order" in record:
         dense += f" order {record['role_order'][0]:.3f}"
     return (f"step {record['step']} pick {pick.get('all', [0])[0]:.3f} actor {pick.get('actor', [0])[0]:.3f} "
@@ -888,8 +890,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     defaults = GroundingConfig()
     for name in ("steps", "clips", "turns", "pool", "lr", "llm_lr_scale", "vision_lr_scale", "text", "choice",
-                 "distill", "grounding", "aml", "aml_layer", "motion", "roles", "role_query", "motion_query",
-                 "dense_layer", "val_clips", "every", "seed"):  # fmt: skip
+                 "distill", "grounding", "aml", "aml_layer", *DENSE_TERMS, "dense_layer", "val_clips", "every",
+                 "seed"):  # fmt: skip
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(getattr(defaults, name)),
                             default=getattr(defaults, name))  # fmt: skip
     parser.add_argument("--aml-heads", type=int, nargs="*", default=[])

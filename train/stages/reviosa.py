@@ -27,8 +27,9 @@ from pathlib import Path
 import torch
 
 from train import report
-from train.stages import finetune
+from train.stages import finetune, grounding
 from train.stages.common import RECIPE
+from train.stages.grounding import DENSE_TERMS
 
 logger = logging.getLogger(__name__)
 
@@ -68,21 +69,12 @@ def sets(stage3: Path, layer: int, heads: list[int], steps: int, start: Path | N
     ]
 
 
-# the grounding phase's dense terms: flag -> train.stages.grounding function
-DENSE_TERMS = {
-    "motion": "motion_term",
-    "roles": "role_term",
-    "role-query": "role_query_term",
-    "motion-query": "motion_query_term",
-}
-
-
 def grounding_argv(args: argparse.Namespace, layer: int, heads: list[int]) -> list[str]:
     """The grounding phase's command line: from stage 3's export, both role tokens, AML on the
     chosen layer and heads, stage 3's clip pools when it has them, the dense terms given."""
     stage3 = Path(args.stage3)
     dense = [
-        f"--{flag}={getattr(args, flag.replace('-', '_'))}" for flag in (*DENSE_TERMS, "vision-lr-scale")
+        f"--{name.replace('_', '-')}={getattr(args, name)}" for name in (*DENSE_TERMS, "vision_lr_scale")
     ]
     return ["--init", str(stage3 / "model"), "--recipe", args.recipe, "--two-tokens", "--aml", "1",
             "--aml-layer", str(layer), "--aml-heads", *map(str, heads), "--pool-from", str(stage3 / "grounding"),
@@ -101,10 +93,11 @@ def main(argv: list[str] | None = None) -> None:
         "--grounding-steps", type=int, default=0,
         help="first the grounding phase (two role tokens, AML on the chosen heads) into OUT/grounding",
     )  # fmt: skip
-    for flag, term in DENSE_TERMS.items():
+    for term in DENSE_TERMS:
         parser.add_argument(
-            f"--{flag}", type=float, default=0.0, help=f"the grounding phase's {term} (0: off)"
-        )
+            f"--{term.replace('_', '-')}", type=float, default=0.0,
+            help=f"weight of the grounding phase's {term} term (train.stages.grounding; 0: off)",
+        )  # fmt: skip
     parser.add_argument(
         "--vision-lr-scale", type=float, default=0.0,
         help="the grounding phase trains the MLLM's vision tower at this scale of its lr (0: frozen)",
@@ -121,8 +114,6 @@ def main(argv: list[str] | None = None) -> None:
     logger.info("AML on layer %d, heads %s (selected on stage 3)", layer, heads)
     start = None
     if args.grounding_steps:
-        from train.stages import grounding
-
         grounding.main(grounding_argv(args, layer, heads))
         start = out / "grounding" / grounding.MODEL
     cfg = finetune.stage_config(args.recipe, [*sets(stage3, layer, heads, args.steps, start), *args.set])
