@@ -946,6 +946,30 @@ def test_grounding_trains_the_vision_tower_only_when_asked(recipe, tmp_path):
         assert not any(p.requires_grad for n, p in model.named_parameters() if n.startswith("sam."))
 
 
+def test_grounding_draw_favours_expressions_naming_neither_colour_nor_shape():
+    """Weight 1 draws a plain permutation's head (the runs before the weight draw what they drew);
+    a weight W > 1 draws the expressions naming neither colour nor shape about W times as often,
+    never one twice, and all of a clip's when it has no more than ``turns``."""
+    from train.stages.grounding import draw_order
+
+    texts = ["the red circle", "the square", "the object moving down", "object pushing another object",
+             "the blue triangle", "the green object", "the small square", "the striped circle"]  # fmt: skip
+    exprs = [(t, "single", [0], []) for t in texts]
+    neither = {2, 3}
+    assert draw_order(exprs, 3, np.random.default_rng(5)) == [
+        int(e) for e in np.random.default_rng(5).permutation(len(exprs))[:3]
+    ]
+    counts = {1.0: 0, 4.0: 0}
+    for w in counts:
+        for seed in range(400):
+            drawn = draw_order(exprs, 2, np.random.default_rng(seed), neither_weight=w)
+            assert len(drawn) == len(set(drawn)) == 2
+            counts[w] += len(neither & set(drawn))
+    # of 800 draws, about 2/8 name neither at weight 1 and about 8/14 (first draw) at weight 4
+    assert counts[1.0] < 260 and counts[4.0] > 2 * counts[1.0]
+    assert sorted(draw_order(exprs, 20, np.random.default_rng(0), neither_weight=4.0)) == list(range(8))
+
+
 def test_stage4_hands_its_dense_terms_to_the_grounding_phase():
     """`python -m train.stages.reviosa --grounding-steps N --motion W --roles W --role-query W` runs
     the grounding phase from stage 3's export with those weights, both role tokens and AML on the
@@ -956,11 +980,12 @@ def test_stage4_hands_its_dense_terms_to_the_grounding_phase():
     from train.stages.common import RECIPE
 
     args = argparse.Namespace(stage3="runs/s3", out="runs/s4", recipe=RECIPE, grounding_steps=7,
-                              motion=1.0, roles=0.5, role_query=2.0, motion_query=3.0, vision_lr_scale=0.1)  # fmt: skip
+                              motion=1.0, roles=0.5, role_query=2.0, motion_query=3.0, vision_lr_scale=0.1,
+                              neither_weight=4.0)  # fmt: skip
     parsed = grounding.parse(reviosa.grounding_argv(args, 2, [2, 0]))
     cfg = grounding.config_of(parsed)
     assert (cfg.motion, cfg.roles, cfg.role_query, cfg.motion_query, cfg.steps) == (1.0, 0.5, 2.0, 3.0, 7)
-    assert cfg.vision_lr_scale == 0.1
+    assert (cfg.vision_lr_scale, cfg.neither_weight) == (0.1, 4.0)
     assert (cfg.two_tokens, cfg.aml, cfg.aml_layer, cfg.aml_heads) == (True, 1.0, 2, (2, 0))
     assert (parsed.init, parsed.pool_from) == ("runs/s3/model", "runs/s3/grounding")
     assert parsed.out == "runs/s4/grounding"

@@ -124,6 +124,10 @@ class GroundingConfig:
     # `motion_query_term`).
     motion_query: float = 0.0
     dense_layer: int = 1
+    # Training turns that name neither colour nor shape ("object pushing another object", "the object
+    # moving down") drawn this many times as likely as the others: 11 % of the pool's expressions
+    # (the attribute singles are 63 %), 22 % of the validation split's.
+    neither_weight: float = 1.0
 
 
 # --- the clip pool -----------------------------------------------------------------------------------
@@ -273,14 +277,31 @@ def answer_of(caption_type: str, two_tokens: bool) -> str:
     return ACTOR_AND_TARGET if two_tokens and caption_type == "unidirectional" else ACTOR_ONLY
 
 
+def draw_order(
+    expressions: list[tuple[str, str, list[int], list[int]]], turns: int, rng: np.random.Generator,
+    neither_weight: float = 1.0,
+) -> list[int]:  # fmt: skip
+    """Up to ``turns`` of a clip's expressions, drawn without repeats, those that name neither colour
+    nor shape ``neither_weight`` times as likely as the others (1: a plain permutation's head)."""
+    n = len(expressions)
+    if neither_weight == 1.0:
+        return [int(e) for e in rng.permutation(n)[:turns]]
+    w = np.array([neither_weight if level_of(e[0]) == "neither" else 1.0 for e in expressions])
+    return [int(e) for e in rng.choice(n, size=min(turns, n), replace=False, p=w / w.sum())]
+
+
 def choose(
-    clips: list[PoolClip], turns: int, two_tokens: bool, rng: np.random.Generator | None
-) -> list[list[Chosen]]:
-    """Up to ``turns`` expressions of each clip, drawn without repeats (all, in order, without ``rng``)."""
+    clips: list[PoolClip], turns: int, two_tokens: bool, rng: np.random.Generator | None,
+    neither_weight: float = 1.0,
+) -> list[list[Chosen]]:  # fmt: skip
+    """Up to ``turns`` expressions of each clip, drawn without repeats by `draw_order` (all, in
+    order, without ``rng``)."""
     out = []
     for c, clip in enumerate(clips):
         order = (
-            range(len(clip.expressions)) if rng is None else rng.permutation(len(clip.expressions))[:turns]
+            range(len(clip.expressions))
+            if rng is None
+            else draw_order(clip.expressions, turns, rng, neither_weight)
         )
         chosen = []
         for e in order:
@@ -804,7 +825,8 @@ def train(
     for step in range(start + 1, (stop_after or cfg.steps) + 1):
         rng = np.random.default_rng([cfg.seed, 4, step])
         clips = [pool[int(i)] for i in rng.choice(len(pool), size=cfg.clips, replace=False)]
-        batch = make_batch(model, clips, choose(clips, cfg.turns, cfg.two_tokens, rng), cfg.two_tokens)
+        chosen = choose(clips, cfg.turns, cfg.two_tokens, rng, cfg.neither_weight)
+        batch = make_batch(model, clips, chosen, cfg.two_tokens)
         terms, _ = terms_of(model, batch, clips, cfg, aml, heads)
         loss = total_loss(terms, cfg)
         opt.zero_grad(set_to_none=True)
@@ -890,8 +912,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     defaults = GroundingConfig()
     for name in ("steps", "clips", "turns", "pool", "lr", "llm_lr_scale", "vision_lr_scale", "text", "choice",
-                 "distill", "grounding", "aml", "aml_layer", *DENSE_TERMS, "dense_layer", "val_clips", "every",
-                 "seed"):  # fmt: skip
+                 "distill", "grounding", "aml", "aml_layer", *DENSE_TERMS, "dense_layer", "neither_weight",
+                 "val_clips", "every", "seed"):  # fmt: skip
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(getattr(defaults, name)),
                             default=getattr(defaults, name))  # fmt: skip
     parser.add_argument("--aml-heads", type=int, nargs="*", default=[])

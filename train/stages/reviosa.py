@@ -3,7 +3,7 @@ loss on the heads the selection protocol picks on stage 3 (the paper's Figure 6)
 
 python -m train.stages.reviosa --stage3 runs/stage3 --out runs/stage4
     [--recipe train/recipes/stages.yaml] [--steps 600] [--samples 200] [--set key=value ...]
-    [--grounding-steps N [--motion W] [--roles W] [--role-query W]]
+    [--grounding-steps N [--motion W] [--roles W] [--role-query W] [--neither-weight W]]
 
 First ``train select-heads`` on the stage-3 model over its validation split (the layer whose
 ``[SEG_ACT]`` attends most to the vision tokens, then its top 4 heads; OUT/heads/); with
@@ -74,7 +74,7 @@ def grounding_argv(args: argparse.Namespace, layer: int, heads: list[int]) -> li
     chosen layer and heads, stage 3's clip pools when it has them, the dense terms given."""
     stage3 = Path(args.stage3)
     dense = [
-        f"--{name.replace('_', '-')}={getattr(args, name)}" for name in (*DENSE_TERMS, "vision_lr_scale")
+        f"--{name.replace('_', '-')}={getattr(args, name)}" for name in (*DENSE_TERMS, "vision_lr_scale", "neither_weight")
     ]
     return ["--init", str(stage3 / "model"), "--recipe", args.recipe, "--two-tokens", "--aml", "1",
             "--aml-layer", str(layer), "--aml-heads", *map(str, heads), "--pool-from", str(stage3 / "grounding"),
@@ -101,6 +101,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--vision-lr-scale", type=float, default=0.0,
         help="the grounding phase trains the MLLM's vision tower at this scale of its lr (0: frozen)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--neither-weight", type=float, default=1.0,
+        help="the grounding phase draws turns naming neither colour nor shape this many times as likely",
     )  # fmt: skip
     parser.add_argument("--samples", type=int, default=200, help="validation expressions for select-heads")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a recipe field")
