@@ -74,7 +74,8 @@ def grounding_argv(args: argparse.Namespace, layer: int, heads: list[int]) -> li
     chosen layer and heads, stage 3's clip pools when it has them, the dense terms given."""
     stage3 = Path(args.stage3)
     dense = [
-        f"--{name.replace('_', '-')}={getattr(args, name)}" for name in (*DENSE_TERMS, "vision_lr_scale", "neither_weight")
+        f"--{name.replace('_', '-')}={getattr(args, name)}"
+        for name in (*DENSE_TERMS, "vision_lr_scale", "neither_weight")
     ]
     return ["--init", str(stage3 / "model"), "--recipe", args.recipe, "--two-tokens", "--aml", "1",
             "--aml-layer", str(layer), "--aml-heads", *map(str, heads), "--pool-from", str(stage3 / "grounding"),
