@@ -126,7 +126,7 @@ class GroundingConfig:
     dense_layer: int = 1
     # Training turns that name neither colour nor shape ("object pushing another object", "the object
     # moving down") drawn this many times as likely as the others: 11 % of the pool's expressions
-    # (the attribute singles are 63 %), 22 % of the validation split's.
+    # (the attribute singles are 63 %), 24 % of the validation split's.
     neither_weight: float = 1.0
 
 
