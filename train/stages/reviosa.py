@@ -29,7 +29,6 @@ import torch
 from train import report
 from train.stages import finetune, grounding
 from train.stages.common import RECIPE
-from train.stages.grounding import DENSE_TERMS
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +74,7 @@ def grounding_argv(args: argparse.Namespace, layer: int, heads: list[int]) -> li
     stage3 = Path(args.stage3)
     dense = [
         f"--{name.replace('_', '-')}={getattr(args, name)}"
-        for name in (*DENSE_TERMS, "vision_lr_scale", "neither_weight")
+        for name in (*grounding.DENSE_TERMS, "vision_lr_scale", "neither_weight")
     ]
     return ["--init", str(stage3 / "model"), "--recipe", args.recipe, "--two-tokens", "--aml", "1",
             "--aml-layer", str(layer), "--aml-heads", *map(str, heads), "--pool-from", str(stage3 / "grounding"),
@@ -94,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
         "--grounding-steps", type=int, default=0,
         help="first the grounding phase (two role tokens, AML on the chosen heads) into OUT/grounding",
     )  # fmt: skip
-    for term in DENSE_TERMS:
+    for term in grounding.DENSE_TERMS:
         parser.add_argument(
             f"--{term.replace('_', '-')}", type=float, default=0.0,
             help=f"weight of the grounding phase's {term} term (train.stages.grounding; 0: off)",
